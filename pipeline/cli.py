@@ -1,0 +1,203 @@
+"""The ``oat`` command.
+
+    oat train JOB.yaml [--set k=v ...] [--out DIR] [--fresh]
+    oat train --method oat --ds cifar10 -b 128 -e 200 --lr 0.1 --use2BN      (the official flags)
+    oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd --steps 20] [--json FILE]
+    oat demo [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ConfigError
+
+
+def _fmt_list(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def legacy_overrides(a: argparse.Namespace) -> list[str]:
+    """Map the official OAT.py / PGDAT.py flags onto dotted config overrides."""
+    out: list[str] = []
+    if a.method:
+        out.append(f"method.name={a.method}")
+    if a.ds:
+        out.append(f"data.dataset={a.ds}")
+    if a.batch_size is not None:
+        out.append(f"train.batch_size={a.batch_size}")
+    elif a.method == "pgdat" and a.job is None:
+        out.append("train.batch_size=256")  # the official PGDAT default
+    if a.epochs is not None:
+        out.append(f"train.epochs={a.epochs}")
+    if a.lr is not None:
+        out.append(f"optim.lr={a.lr}")
+    if a.momentum is not None:
+        out.append(f"optim.momentum={a.momentum}")
+    if a.wd is not None:
+        out.append(f"optim.weight_decay={a.wd}")
+    if a.decay is not None:
+        out.append(f"optim.schedule={'cosine' if a.decay == 'cos' else 'multistep'}")
+    if a.decay_epochs is not None:
+        out.append(f"optim.milestones=[{', '.join(str(e) for e in a.decay_epochs)}]")
+    if a.use2BN:
+        out.append("model.use2BN=true")
+    if a.Lambda is not None:
+        out.append(f"method.Lambda={a.Lambda}")
+    if a.lambda_choices is not None:
+        out.append(f"method.lambda_choices={_fmt_list(a.lambda_choices)}")
+    if a.encoding is not None:
+        out.append(f"model.encoding={a.encoding}")
+    if a.dim is not None:
+        out.append(f"model.dim={a.dim}")
+    if a.eps is not None:
+        out.append(f"attack.eps={a.eps}/255")  # the official --eps is in pixel levels (8 means 8/255)
+    if a.steps is not None:
+        out.append(f"attack.steps={a.steps}")
+    return out
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one job in this process",
+                       description="Train a job (YAML) or a run described by the official OAT flags.")
+    p.add_argument("job", nargs="?", help="job YAML (jobs/*.yaml); omitted: the reference defaults")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--out", help="output folder (default: runs/<job name>)")
+    p.add_argument("--fresh", action="store_true", help="start over even if OUT holds a latest.pt")
+    p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    g = p.add_argument_group("official OAT.py / PGDAT.py flags")
+    g.add_argument("--method", choices=["oat", "oats", "pgdat"])
+    g.add_argument("--dataset", "--ds", dest="ds", choices=["cifar10", "svhn", "stl10", "digits"])
+    g.add_argument("--batch_size", "-b", type=int)
+    g.add_argument("--epochs", "-e", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--momentum", type=float)
+    g.add_argument("--wd", type=float)
+    g.add_argument("--decay", choices=["cos", "multisteps"])
+    g.add_argument("--decay_epochs", "--de", type=int, nargs="+")
+    g.add_argument("--use2BN", action="store_true")
+    g.add_argument("--Lambda", type=float)
+    g.add_argument("--lambda_choices", type=float, nargs="*")
+    g.add_argument("--encoding", choices=["none", "onehot", "dct", "rand"])
+    g.add_argument("--dim", type=int)
+    g.add_argument("--eps", type=float, help="in pixel levels: 8 means 8/255")
+    g.add_argument("--steps", type=int)
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import load_job
+    from .train import fit
+
+    job = load_job(a.job, [*legacy_overrides(a), *a.overrides])
+    out = Path(a.out or Path("runs") / job.name)
+    fit(job, out, resume=not a.fresh, progress=not a.quiet, final_test=not a.no_test)
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .api import load_model
+    from .attacks import PGD
+    from .checkpoint import load_checkpoint
+    from .config import job_from_dict
+    from .data import TensorLoader, load_splits
+    from .evaluate import evaluate_model, plot_tradeoff, points_table, write_points
+    from .train import autocast_for, resolve_device
+
+    ckpt = load_checkpoint(a.checkpoint)
+    sets = list(a.overrides)
+    if a.data_root:
+        sets.append(f"data.root={a.data_root}")
+    job = job_from_dict(ckpt["job"], sets)
+    device = resolve_device(a.device or job.train.device)
+    model = load_model(a.checkpoint, device)
+    lambdas = a.lambdas if a.lambdas is not None else model.lambdas
+    widths = a.widths if a.widths is not None else model.widths
+    for lam in lambdas:  # fail before any work on an untrained λ / width
+        for w in widths:
+            model.condition(lam, w)
+    if a.norm:
+        job.attack.norm = a.norm
+    if a.eps is not None:
+        job.attack.eps = a.eps
+    job.attack.step_size = None
+    attack = PGD.from_config(job.attack, a.steps)
+    splits = load_splits(job.data)
+    loader = TensorLoader(splits.test, a.batch_size or job.eval.batch_size, shuffle=False, drop_last=False,
+                          device=device, limit=a.max_images)
+    pts = evaluate_model(model, loader, lambdas, widths, attack, autocast_for(job, device))
+    print(points_table(pts, f"{a.checkpoint}: {splits.name} test split"))
+    out_json = Path(a.json) if a.json else Path(a.checkpoint).with_suffix("").parent / "evaluate.json"
+    write_points(pts, out_json, {"split": "test", "dataset": splits.name, "checkpoint": str(a.checkpoint),
+                                 "attack_settings": attack.describe()})
+    png = Path(a.plot) if a.plot else out_json.with_suffix(".png")
+    plot_tradeoff({model.spec.method.upper(): pts}, png, title=f"{job.name}: {splits.name} test split")
+    print(f"wrote {out_json} and {png}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="trade-off curve of a checkpoint on the test split")
+    p.add_argument("checkpoint", help="a .pt file or a run folder (final.pt, else latest.pt)")
+    p.add_argument("--lambdas", type=float, nargs="+", help="λ values (default: every trained λ)")
+    p.add_argument("--widths", type=float, nargs="+", help="widths (default: every trained width)")
+    p.add_argument("--attack", choices=["pgd"], default="pgd")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--eps", type=float, help="default: the training ε")
+    p.add_argument("--norm", choices=["linf", "l2"])
+    p.add_argument("--json", help="output JSON (default: evaluate.json beside the checkpoint)")
+    p.add_argument("--plot", help="output PNG (default: the JSON's name with .png)")
+    p.add_argument("--data-root", help="where the data set lives, if not where training found it")
+    p.add_argument("--max-images", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, lambdas=a.lambdas, overrides=a.overrides, progress=not a.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oat", description="Once-for-All Adversarial Training pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--lambdas", type=float, nargs="+", help="λ values to compare (default: the job's list)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override both demo jobs, e.g. --set train.epochs=5")
+    d.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    try:
+        return handlers[args.command](args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+        print(f"oat: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # e.g. an untrained λ or width
+        print(f"oat: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\noat: interrupted. latest.pt holds the last finished epoch: rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The trade-off curve: clean (SA) and robust (RA) accuracy per (λ, width), tables and plots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attacks import PGD
+from .models import RobustNet
+
+
+@dataclass
+class Point:
+    method: str
+    # "lambda" is a Python keyword; the JSON key is "lambda" (see to_dict)
+    lam: float
+    width: float
+    clean_acc: float
+    robust_acc: float
+    attack: str
+    steps: int
+    eps: float
+    n: int
+    norm: str = "linf"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["lambda"] = d.pop("lam")
+        return {k: d[k] for k in ("method", "lambda", "width", "clean_acc", "robust_acc", "attack", "steps",
+                                  "eps", "n", "norm")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Point:
+        d = dict(d)
+        d["lam"] = d.pop("lambda")
+        return cls(**d)
+
+
+def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                   lambdas: Sequence[float], widths: Sequence[float], attack: PGD,
+                   autocast: Any = None) -> list[Point]:
+    """SA and RA at every (λ, width) on the same images; one pass over the data."""
+    keys = [(w, lam) for w in widths for lam in lambdas]
+    conds = {k: model.condition(k[1], k[0]) for k in keys}
+    correct = {k: [0, 0] for k in keys}
+    totals: dict[tuple[float, float], torch.Tensor] = {}
+    n = 0
+    was_training = model.training
+    model.eval()
+    ctx = autocast if autocast is not None else _null
+    try:
+        for x, y in batches:
+            n += int(y.numel())
+            for k in keys:
+                with torch.no_grad(), ctx():
+                    clean = (model(x, conds[k]).argmax(1) == y).sum()
+                with ctx():
+                    x_adv = attack(model, x, y, conds[k])
+                with torch.no_grad(), ctx():
+                    robust = (model(x_adv, conds[k]).argmax(1) == y).sum()
+                t = torch.stack([clean, robust])
+                totals[k] = t if k not in totals else totals[k] + t
+    finally:
+        model.train(was_training)
+    for k, t in totals.items():  # one host sync per point, after the whole pass
+        correct[k] = [int(v) for v in t.tolist()]
+    method = model.spec.method
+    return [Point(method, float(lam), float(w), correct[(w, lam)][0] / max(n, 1), correct[(w, lam)][1] / max(n, 1),
+                  "pgd", attack.steps, attack.eps, n, attack.norm) for (w, lam) in keys]
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def points_table(points: Sequence[Point], title: str | None = None) -> str:
+    lines = [title] if title else []
+    lines.append(f"{'method':<8} {'λ':>5} {'width':>6} {'SA':>7} {'RA':>7}  attack")
+    for p in points:
+        lines.append(f"{p.method:<8} {p.lam:>5.2f} {p.width:>6.2f} {p.clean_acc:>7.3f} {p.robust_acc:>7.3f}  "
+                     f"PGD-{p.steps} {p.norm} ε={p.eps:.4g} (n={p.n})")
+    return "\n".join(lines)
+
+
+def write_points(points: Sequence[Point], path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    from .checkpoint import atomic_write_text
+
+    doc = {"points": [p.to_dict() for p in points], **(extra or {})}
+    atomic_write_text(json.dumps(doc, indent=2) + "\n", path)
+
+
+def read_points(path: str | Path) -> list[Point]:
+    return [Point.from_dict(d) for d in json.loads(Path(path).read_text())["points"]]
+
+
+def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: str = "") -> Path:
+    """Two panels against λ (SA and RA), plus RA against SA: one line per series (and per width)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    markers = "osD^v<>p"
+    for i, (label, pts) in enumerate(series.items()):
+        for w in sorted({p.width for p in pts}):
+            sel = sorted((p for p in pts if p.width == w), key=lambda p: p.lam)
+            name = label if len({p.width for p in pts}) == 1 else f"{label} w={w:g}"
+            lam = [p.lam for p in sel]
+            sa = [100 * p.clean_acc for p in sel]
+            ra = [100 * p.robust_acc for p in sel]
+            mk = markers[i % len(markers)]
+            axes[0].plot(lam, sa, marker=mk, label=name)
+            axes[1].plot(lam, ra, marker=mk, label=name)
+            axes[2].plot(sa, ra, marker=mk, label=name)
+            for p, s, r in zip(sel, sa, ra):
+                axes[2].annotate(f"λ={p.lam:g}", (s, r), fontsize=7, alpha=0.7, xytext=(3, 3),
+                                 textcoords="offset points")
+    any_pts = next((p for pts in series.values() for p in pts), None)
+    atk = f"PGD-{any_pts.steps} {any_pts.norm} ε={any_pts.eps:.3g}" if any_pts else ""
+    axes[0].set(xlabel="λ", ylabel="clean accuracy SA (%)", title="Clean accuracy")
+    axes[1].set(xlabel="λ", ylabel="robust accuracy RA (%)", title=f"Robust accuracy ({atk})")
+    axes[2].set(xlabel="SA (%)", ylabel="RA (%)", title="Trade-off")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

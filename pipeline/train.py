@@ -1,0 +1,305 @@
+"""The training loop: one function for ``oat train`` (one process) and, later, Ray workers.
+
+Per epoch: a seeded data order and λ draw, one method step per batch (SGD, LR schedule stepped per
+epoch), evaluation at the reference cadence, per-(λ, width) best weights, and an atomically written
+``latest.pt`` from which a restarted run continues exactly (on CPU: the same losses, bit for bit).
+
+Output folder::
+
+    config.yaml      the resolved job (every default filled in)
+    latest.pt        full training state, rewritten atomically after every epoch
+    final.pt         the trained model (weights + spec + job)
+    best/            best weights per (λ, width) by the validation objective (1-λ)·SA + λ·RA
+    history.json     one record per epoch (loss, accuracies, lr, throughput, validation points)
+    eval.json        test-split trade-off curve (PGD-<eval.test_steps>), tradeoff.png its plot
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .attacks import PGD
+from .checkpoint import FORMAT, CheckpointError, atomic_save, atomic_write_text, load_checkpoint
+from .config import JobConfig
+from .data import Splits, TensorLoader, load_splits
+from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, write_points
+from .methods import LambdaSampler, StepResult, oat_step, oats_step, pgdat_step
+from .models import ModelSpec, RobustNet, build_model, spec_from_job
+from .progress import Progress, fmt_duration
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[dict[str, Any]]
+    test_points: list[Point] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def autocast_for(job: JobConfig, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """bf16 autocast on CUDA when ``train.amp``; a no-op elsewhere."""
+    if job.train.amp and device.type == "cuda":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63)
+
+
+def make_step(job: JobConfig, attack: PGD) -> Callable[[RobustNet, torch.Tensor, torch.Tensor, torch.Generator],
+                                                       StepResult]:
+    name = job.method.name
+    if name == "pgdat":
+        Lambda = float(job.method.Lambda)
+        return lambda m, x, y, g: pgdat_step(m, x, y, Lambda, attack)
+
+    def sample(b: int, g: torch.Generator) -> torch.Tensor:
+        return LambdaSampler(job.method.lambda_choices, job.method.zero_fraction, g)(b)
+
+    if name == "oat":
+        return lambda m, x, y, g: oat_step(m, x, y, sample(y.numel(), g), attack)
+    widths = list(job.model.widths or [1.0])
+    return lambda m, x, y, g: oats_step(m, x, y, sample(y.numel(), g), attack, widths)
+
+
+def eval_due(job: JobConfig, epoch: int) -> bool:
+    e = job.train.epochs
+    return epoch % job.eval.every == 0 or (job.eval.last_quarter and epoch >= int(0.75 * e)) or epoch == e - 1
+
+
+def build_optimizer(job: JobConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    o = job.optim
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                          nesterov=o.nesterov)
+    sched: Any
+    if o.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=job.train.epochs)
+    elif o.schedule == "multistep":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=0.1)
+    else:
+        sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
+    return opt, sched
+
+
+def model_checkpoint(model: RobustNet, job: JobConfig, epoch: int, **extra: Any) -> dict[str, Any]:
+    return {"format": FORMAT, "model_spec": model.spec.to_dict(), "state_dict": model.state_dict(),
+            "job": job.to_dict(), "epoch": epoch, **extra}
+
+
+class BestKeeper:
+    """Best weights per (λ, width) by the validation objective (1-λ)·SA + λ·RA (λ = 0: SA, λ = 1: RA).
+
+    Files are shared: ``best/epochE.pt`` holds one epoch's weights once however many points it is best
+    for, and ``best/index.json`` maps each point to its file. Unreferenced files are removed."""
+
+    def __init__(self, folder: Path, index: dict[str, Any] | None = None):
+        self.folder = folder
+        self.index: dict[str, Any] = dict(index or {})
+
+    @staticmethod
+    def key(lam: float, width: float) -> str:
+        return f"lambda={lam:g},width={width:g}"
+
+    def update(self, points: Sequence[Point], epoch: int, model: RobustNet, job: JobConfig) -> list[str]:
+        improved = []
+        for p in points:
+            score = (1 - p.lam) * p.clean_acc + p.lam * p.robust_acc
+            k = self.key(p.lam, p.width)
+            if k not in self.index or score >= self.index[k]["score"]:
+                self.index[k] = {"epoch": epoch, "score": score, "clean_acc": p.clean_acc,
+                                 "robust_acc": p.robust_acc, "file": f"epoch{epoch}.pt"}
+                improved.append(k)
+        if improved:
+            atomic_save(model_checkpoint(model, job, epoch), self.folder / f"epoch{epoch}.pt")
+            atomic_write_text(json.dumps(self.index, indent=2) + "\n", self.folder / "index.json")
+            keep = {v["file"] for v in self.index.values()}
+            for f in self.folder.glob("epoch*.pt"):
+                if f.name not in keep:
+                    f.unlink(missing_ok=True)
+        return improved
+
+
+def _prepare(job: JobConfig, device: torch.device) -> tuple[Splits, RobustNet]:
+    splits = load_splits(job.data)
+    c, h, w = splits.image_shape
+    torch.manual_seed(job.train.seed)  # the initial weights are part of the run's definition
+    model = build_model(spec_from_job(job, c, splits.num_classes, [h, w])).to(device)
+    if job.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return splits, model
+
+
+def _check_resumable(ckpt: dict[str, Any], model: RobustNet, job: JobConfig, path: Path) -> None:
+    if ckpt.get("kind") != "train":
+        raise CheckpointError(f"{path} is not a training checkpoint (no optimiser state to resume from)")
+    if ModelSpec.from_dict(ckpt["model_spec"]) != model.spec:
+        raise CheckpointError(
+            f"{path} belongs to a different model ({ckpt['model_spec']['method']} "
+            f"{ckpt['model_spec']['backbone']}); use another --out folder, or --fresh to start over")
+    old = ckpt["job"]
+    for section in ("method", "attack", "optim"):
+        if old.get(section) != job.to_dict()[section]:
+            raise CheckpointError(f"{path} was trained with a different '{section}' section; use another "
+                                  f"--out folder, or --fresh to start over")
+
+
+def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
+        callbacks: Sequence[EpochCallback] = (), final_test: bool = True, label: str = "") -> TrainResult:
+    """Train ``job`` into ``out_dir`` (resuming from its ``latest.pt`` when there is one)."""
+    t_start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if job.train.threads:
+        torch.set_num_threads(job.train.threads)
+    device = resolve_device(job.train.device)
+    amp = autocast_for(job, device)
+    atomic_write_text(job.to_yaml(), out / "config.yaml")
+
+    splits, model = _prepare(job, device)
+    opt, sched = build_optimizer(job, model)
+    history: list[dict[str, Any]] = []
+    best = BestKeeper(out / "best")
+    start_epoch = 0
+    latest = out / "latest.pt"
+    if resume and latest.is_file():
+        ckpt = load_checkpoint(latest, map_location=device)
+        _check_resumable(ckpt, model, job, latest)
+        model.load_state_dict(ckpt["state_dict"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        history = list(ckpt["history"])
+        best = BestKeeper(out / "best", ckpt.get("best"))
+        start_epoch = int(ckpt["epoch"]) + 1
+
+    tcfg = job.train
+    train_loader = TensorLoader(splits.train, tcfg.batch_size, shuffle=True, drop_last=True,
+                                augment=splits.augment, device=device, seed=tcfg.seed,
+                                channels_last=tcfg.channels_last)
+    if len(train_loader) == 0:
+        raise ValueError(f"train.batch_size={tcfg.batch_size} is larger than the training split "
+                         f"({len(splits.train)} images)")
+    val_loader = TensorLoader(splits.val, job.eval.batch_size, shuffle=False, drop_last=False, device=device,
+                              limit=job.eval.max_images, channels_last=tcfg.channels_last)
+    attack = PGD.from_config(job.attack)
+    val_attack = PGD.from_config(job.attack, job.eval.val_steps)
+    step_fn = make_step(job, attack)
+    steps = len(train_loader)
+    if tcfg.max_steps_per_epoch:
+        steps = min(steps, tcfg.max_steps_per_epoch)
+    prog = Progress(tcfg.epochs, steps, start_epoch, enabled=progress, label=label or job.name)
+    if start_epoch:
+        prog.message(f"resuming {out} at epoch {start_epoch + 1}/{tcfg.epochs}")
+    prog.message(f"{job.method.name.upper()} {model.spec.backbone} on {splits.name} "
+                 f"({len(splits.train)} train / {len(splits.val)} val images, {steps} steps/epoch, {device})")
+
+    for epoch in range(start_epoch, tcfg.epochs):
+        record = _train_epoch(job, model, opt, train_loader, step_fn, epoch, steps, prog, amp)
+        record["lr"] = opt.param_groups[0]["lr"]
+        sched.step()
+        if eval_due(job, epoch):
+            pts = evaluate_model(model, val_loader, job.eval.lambdas or [], job.eval.widths or [1.0],
+                                 val_attack, amp)
+            record["val"] = [p.to_dict() for p in pts]
+            record["best_updated"] = best.update(pts, epoch, model, job)
+            prog.message(_val_line(epoch, pts))
+        history.append(record)
+        atomic_save(model_checkpoint(model, job, epoch, kind="train", optimizer=opt.state_dict(),
+                                     scheduler=sched.state_dict(), history=history, best=best.index), latest)
+        atomic_write_text(json.dumps(history, indent=1) + "\n", out / "history.json")
+        for cb in callbacks:
+            cb(record)
+
+    final = model_checkpoint(model, job, tcfg.epochs - 1, kind="final",
+                             val=history[-1].get("val") if history else None)
+    atomic_save(final, out / "final.pt")
+    result = TrainResult(out, history)
+    if final_test:
+        result.test_points = test_model(model, job, splits, device, out, amp=amp, progress=prog)
+    result.seconds = time.perf_counter() - t_start
+    prog.message(f"done in {fmt_duration(result.seconds)}: {out}")
+    return result
+
+
+def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, loader: TensorLoader,
+                 step_fn: Callable[..., StepResult], epoch: int, steps: int, prog: Progress,
+                 amp: Callable[[], contextlib.AbstractContextManager]) -> dict[str, Any]:
+    seed = epoch_seed(job.train.seed, epoch)
+    torch.manual_seed(seed)  # dropout, PGD random starts
+    gen = torch.Generator().manual_seed(seed + 1)  # λ draws
+    loader.set_epoch(epoch)
+    model.train()
+    prog.start_epoch_(epoch)
+    sums: dict[str, torch.Tensor] = {}
+    t0 = time.perf_counter()
+    images = 0
+    for i, (x, y) in enumerate(_take(loader, steps)):
+        with amp():
+            res = step_fn(model, x, y, gen)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        opt.step()
+        for k, v in res.metrics.items():
+            sums[k] = v if k not in sums else sums[k] + v
+        images += int(y.numel())
+        if prog.enabled:
+            prog.step(i + 1, float(sums["loss"]) / max(int(sums["n"]), 1), images / (time.perf_counter() - t0))
+    seconds = time.perf_counter() - t0
+    vals = {k: float(v) for k, v in sums.items()}  # one host sync per epoch
+    n = max(vals.get("n", 0.0), 1.0)
+    rec: dict[str, Any] = {"epoch": epoch, "loss": vals.get("loss", 0.0) / n, "seconds": seconds,
+                           "images_per_s": images / seconds if seconds else 0.0, "steps": steps}
+    if "n_clean" in vals:
+        rec["train_clean_acc"] = vals["clean_correct"] / max(vals["n_clean"], 1.0)
+    if "n_adv" in vals:
+        rec["train_adv_acc"] = vals["adv_correct"] / max(vals["n_adv"], 1.0)
+    return rec
+
+
+def _take(loader: TensorLoader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i, batch in enumerate(loader):
+        if i >= steps:
+            return
+        yield batch
+
+
+def _val_line(epoch: int, pts: Sequence[Point]) -> str:
+    cells = "  ".join(f"λ={p.lam:g}{'' if p.width == 1.0 else f'/w={p.width:g}'}: {100 * p.clean_acc:.1f}/"
+                      f"{100 * p.robust_acc:.1f}" for p in pts)
+    return f"epoch {epoch + 1} val SA/RA (PGD-{pts[0].steps if pts else 0}) {cells}"
+
+
+def test_model(model: RobustNet, job: JobConfig, splits: Splits, device: torch.device, out: Path, *,
+               amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               progress: Progress | None = None) -> list[Point]:
+    """The test-split trade-off curve with PGD-<eval.test_steps>: eval.json, tradeoff.png, a table."""
+    loader = TensorLoader(splits.test, job.eval.batch_size, shuffle=False, drop_last=False, device=device,
+                          limit=job.eval.max_images)
+    attack = PGD.from_config(job.attack, job.eval.test_steps)
+    lambdas = job.eval.lambdas or job.lambdas
+    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp)
+    write_points(pts, out / "eval.json", {"split": "test", "dataset": splits.name, "attack_settings":
+                                          attack.describe(), "job": job.name})
+    plot_tradeoff({job.method.name.upper(): pts}, out / "tradeoff.png", title=f"{job.name} on {splits.name} (test)")
+    if progress is not None:
+        progress.message(points_table(pts, f"test split, {len(splits.test)} images"))
+    return pts

@@ -1,0 +1,50 @@
+"""Shared fixtures. Everything here runs on the CPU; no test needs a GPU."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+import torch
+
+from pipeline.config import JobConfig, job_from_dict
+from pipeline.models import ModelSpec, RobustNet, build_model
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_job(**sections: Any) -> JobConfig:
+    """A digits job small enough to train in seconds: narrow CNN, few steps, few eval images."""
+    base: dict[str, Any] = {
+        "name": "tiny",
+        "data": {"dataset": "digits"},
+        "model": {"backbone": "small_cnn", "channels": [8, 16, 16], "dim": 8},
+        "method": {"name": "oat"},
+        "attack": {"eps": 0.2, "steps": 2},
+        "optim": {"lr": 0.05},
+        "train": {"epochs": 3, "batch_size": 32, "device": "cpu", "max_steps_per_epoch": 4},
+        "eval": {"batch_size": 50, "every": 1, "max_images": 50, "test_steps": 3},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return job_from_dict(base)
+
+
+def tiny_spec(**kw: Any) -> ModelSpec:
+    d: dict[str, Any] = dict(backbone="small_cnn", in_channels=1, num_classes=10, input_size=[8, 8], method="oat",
+                             lambdas=[0.0, 0.1, 0.2, 0.3, 0.4, 1.0], widths=[1.0], film=True, dual_bn=True,
+                             encoding="rand", dim=8, channels=[8, 16, 16])
+    d.update(kw)
+    return ModelSpec(**d)
+
+
+def tiny_model(seed: int = 0, **kw: Any) -> RobustNet:
+    torch.manual_seed(seed)
+    return build_model(tiny_spec(**kw))
+
+
+@pytest.fixture
+def job_factory():
+    return tiny_job

@@ -1,0 +1,114 @@
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, JobConfig, default_step_size, job_from_dict, load_job, parse_override
+
+JOBS = sorted((Path(__file__).parent.parent / "jobs").glob("*.yaml"))
+
+
+def test_defaults_are_the_reference_constants():
+    job = job_from_dict({})
+    assert job.data.dataset == "cifar10" and job.model.backbone == "resnet34"
+    assert job.method.lambda_choices == [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
+    assert job.attack.eps == pytest.approx(8 / 255) and job.attack.steps == 7
+    assert job.attack.step_size == pytest.approx(10 / 255 / 7)  # min(1.25ε, ε+4/255)/steps ≈ 1.43/255
+    assert (job.optim.lr, job.optim.momentum, job.optim.weight_decay) == (0.1, 0.9, 5e-4)
+    assert job.optim.schedule == "cosine" and job.train.epochs == 200 and job.train.batch_size == 128
+    assert job.model.encoding == "rand" and job.model.dim == 128 and job.model.use2BN
+    assert job.data.val_size == 5000 and job.eval.batch_size == 100
+    assert job.method.zero_fraction == pytest.approx(1 / 6)
+
+
+@pytest.mark.parametrize("ds,backbone,dropout", [("svhn", "wrn16_8", 0.3), ("stl10", "wrn40_2", 0.3),
+                                                 ("cifar10", "resnet34", 0.0)])
+def test_reference_backbone_per_dataset(ds, backbone, dropout):
+    job = job_from_dict({"data": {"dataset": ds}})
+    assert job.model.backbone == backbone and job.model.dropout == dropout
+
+
+def test_oats_gets_reference_widths():
+    assert job_from_dict({"method": {"name": "oats"}}).model.widths == [0.5, 0.75, 1.0]
+    assert job_from_dict({}).model.widths == [1.0]
+
+
+def test_unknown_key_names_dotted_path_and_allowed_keys():
+    with pytest.raises(ConfigError) as e:
+        job_from_dict({"train": {"epocs": 3}})
+    msg = str(e.value)
+    assert msg.startswith("train.epocs: unknown key") and "epochs" in msg and "batch_size" in msg
+    with pytest.raises(ConfigError, match=r"^trian: unknown key; allowed keys: name, description, data"):
+        job_from_dict({"trian": {}})
+
+
+def test_bad_value_names_allowed_values():
+    with pytest.raises(ConfigError) as e:
+        job_from_dict({"method": {"name": "trades"}})
+    assert "method.name" in str(e.value) and "pgdat, oat, oats" in str(e.value)
+    with pytest.raises(ConfigError, match=r"data.dataset: 'mnist' is not allowed; allowed values: digits"):
+        job_from_dict({"data": {"dataset": "mnist"}})
+    with pytest.raises(ConfigError, match=r"train.epochs: expected an integer, got 'ten'"):
+        job_from_dict({"train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"train.amp: expected true or false"):
+        job_from_dict({"train": {"amp": "yes"}})
+    with pytest.raises(ConfigError, match=r"method.lambda_choices\[1\]: expected a number"):
+        job_from_dict({"method": {"lambda_choices": [0, "x"]}})
+
+
+@pytest.mark.parametrize("section,msg", [
+    ({"method": {"lambda_choices": [0.0, 1.5]}}, r"method.lambda_choices\[1\]: 1.5 is outside \[0, 1\]"),
+    ({"method": {"lambda_choices": [0.1, 1.0]}}, r"method.lambda_choices: OAT/OATS need 0.0"),
+    ({"model": {"widths": [0.5, 1.0]}}, r"model.widths: .*only OATS"),
+    ({"method": {"name": "oats"}, "model": {"widths": [0.5, 0.75]}}, r"must include 1.0"),
+    ({"attack": {"eps": -0.1}}, r"attack.eps"),
+    ({"train": {"epochs": 0}}, r"train.epochs: 0 must be >= 1"),
+    ({"eval": {"lambdas": [0.25]}}, r"eval.lambdas\[0\]: 0.25 is not a trained λ"),
+    ({"model": {"backbone": "wrn", "depth": 15}}, r"model.depth"),
+])
+def test_cross_field_rules(section, msg):
+    with pytest.raises(ConfigError, match=msg):
+        job_from_dict(section)
+
+
+def test_overrides_are_yaml_values_and_fractions():
+    job = job_from_dict({}, ["train.epochs=3", "method.lambda_choices=[0, 0.5, 1]", "attack.eps=4/255",
+                             "model.encoding=onehot", "eval.max_images=null"])
+    assert job.train.epochs == 3 and job.method.lambda_choices == [0.0, 0.5, 1.0]
+    assert job.attack.eps == pytest.approx(4 / 255) and job.model.encoding == "onehot"
+    assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_override("train.epochs")
+    with pytest.raises(ConfigError, match="train.nope: unknown key"):
+        job_from_dict({}, ["train.nope=1"])
+
+
+def test_encoding_none_sets_dim_one_and_allows_any_eval_lambda():
+    job = job_from_dict({"model": {"encoding": "none"}, "eval": {"lambdas": [0.25]}})
+    assert job.model.dim == 1 and job.eval.lambdas == [0.25]
+
+
+def test_step_size_rule():
+    assert default_step_size("linf", 8 / 255, 7) == pytest.approx(min(10 / 255, 12 / 255) / 7)
+    assert default_step_size("linf", 0.2, 7) == pytest.approx((0.2 + 4 / 255) / 7)
+    assert default_step_size("l2", 0.5, 10) == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("path", JOBS, ids=[p.name for p in JOBS])
+def test_every_job_file_loads_and_round_trips(path, tmp_path):
+    job = load_job(path)
+    assert isinstance(job, JobConfig)
+    resolved = tmp_path / "config.yaml"
+    resolved.write_text(job.to_yaml())
+    assert load_job(resolved).to_dict() == job.to_dict()
+
+
+def test_missing_and_malformed_job_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_job(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_job(bad)

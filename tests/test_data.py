@@ -1,0 +1,117 @@
+import pickle
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+
+from pipeline.config import DataConfig
+from pipeline.data import DataError, TensorLoader, crop_flip, load_splits
+
+
+def test_digits_fixed_split():
+    s = load_splits(DataConfig(dataset="digits", val_size=200))
+    assert (len(s.train), len(s.val), len(s.test)) == (1200, 200, 397)
+    assert s.image_shape == (1, 8, 8) and s.num_classes == 10 and s.augment is None
+    assert int(s.train.x.max()) == 16 and s.train.scale == 16.0
+    again = load_splits(DataConfig(dataset="digits", val_size=200))
+    assert torch.equal(s.test.x, again.test.x) and torch.equal(s.train.y, again.train.y)
+
+
+def write_cifar(root, n_per_batch=6, n_test=5):
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    batches = []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = n_test if name == "test_batch" else n_per_batch
+        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).tolist()
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+        batches.append((data, labels))
+    return batches
+
+
+def test_cifar10_on_disk_format(tmp_path):
+    batches = write_cifar(tmp_path)
+    s = load_splits(DataConfig(dataset="cifar10", root=str(tmp_path), val_size=5))
+    assert (len(s.train), len(s.val), len(s.test)) == (25, 5, 5)
+    assert s.image_shape == (3, 32, 32) and s.augment == "crop_flip"
+    first = torch.from_numpy(batches[0][0][0].reshape(3, 32, 32))
+    assert torch.equal(s.train.x[0], first)
+    assert s.val.y.tolist() == batches[4][1][1:]  # val = the last images of train
+
+
+def test_cifar10_missing_and_corrupt(tmp_path):
+    with pytest.raises(DataError, match=r"CIFAR-10 not found: .*cifar-10-batches-py.* data.download=true"):
+        load_splits(DataConfig(dataset="cifar10", root=str(tmp_path)))
+    write_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="data_batch_3 is not a readable CIFAR-10 batch"):
+        load_splits(DataConfig(dataset="cifar10", root=str(tmp_path), val_size=5))
+
+
+def test_svhn_on_disk_format(tmp_path):
+    rng = np.random.default_rng(1)
+    for name, n in (("train_32x32.mat", 12), ("test_32x32.mat", 4)):
+        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
+        y = np.array([[10], [1], [2], [3]] * (n // 4), dtype=np.uint8)
+        scipy.io.savemat(tmp_path / name, {"X": X, "y": y})
+        if name.startswith("train"):
+            first = torch.from_numpy(X[:, :, :, 0].transpose(2, 0, 1).copy())
+    s = load_splits(DataConfig(dataset="svhn", root=str(tmp_path), val_size=2))
+    assert (len(s.train), len(s.val), len(s.test)) == (10, 2, 4)
+    assert s.train.y[:4].tolist() == [0, 1, 2, 3]  # label 10 is the digit 0
+    assert torch.equal(s.train.x[0], first) and s.augment is None
+
+
+def test_stl10_on_disk_format(tmp_path):
+    base = tmp_path / "stl10_binary"
+    base.mkdir()
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, (6, 3, 96, 96), dtype=np.uint8)
+    for split, n in (("train", 6), ("test", 2)):
+        # the binary stores each channel column-major
+        np.ascontiguousarray(imgs[:n].transpose(0, 1, 3, 2)).tofile(base / f"{split}_X.bin")
+        np.arange(1, n + 1, dtype=np.uint8).tofile(base / f"{split}_y.bin")
+    s = load_splits(DataConfig(dataset="stl10", root=str(tmp_path), val_size=1))
+    assert (len(s.train), len(s.val), len(s.test)) == (5, 1, 2)
+    assert torch.equal(s.train.x[0], torch.from_numpy(imgs[0])) and s.train.y.tolist() == [0, 1, 2, 3, 4]
+    (base / "train_X.bin").write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError, match="truncated"):
+        load_splits(DataConfig(dataset="stl10", root=str(tmp_path), val_size=1))
+
+
+def test_crop_flip_matches_a_per_sample_reference():
+    x = torch.rand(6, 3, 8, 8)
+    out = crop_flip(x, 2, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    oy = torch.randint(0, 5, (6,), generator=g)
+    ox = torch.randint(0, 5, (6,), generator=g)
+    flip = torch.rand(6, generator=g) < 0.5
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(6):
+        want = padded[i, :, oy[i]:oy[i] + 8, ox[i]:ox[i] + 8]
+        if flip[i]:
+            want = want.flip(-1)
+        assert torch.equal(out[i], want)
+
+
+def test_loader_epochs_drop_last_and_shards():
+    s = load_splits(DataConfig(dataset="digits", val_size=200))
+    ld = TensorLoader(s.train, 64, shuffle=True, drop_last=True, seed=3)
+    assert len(ld) == 1200 // 64
+    ld.set_epoch(0)
+    e0 = torch.cat([y for _, y in ld])
+    ld.set_epoch(1)
+    e1 = torch.cat([y for _, y in ld])
+    ld.set_epoch(0)
+    assert torch.equal(e0, torch.cat([y for _, y in ld])) and not torch.equal(e0, e1)
+    x, _ = next(iter(ld))
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+    shards = [TensorLoader(s.train, 10, shuffle=True, drop_last=False, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    ids = [torch.cat([x.flatten(1) for x, _ in sh]) for sh in shards]
+    assert len(ids[0]) == len(ids[1]) == 600
+    idx = [sh._indices() for sh in shards]
+    assert not set(idx[0].tolist()) & set(idx[1].tolist())
