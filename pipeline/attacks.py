@@ -37,8 +37,12 @@ def frozen_eval(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def _call(model: nn.Module, x: Tensor, cond: Any) -> Tensor:
-    return model(x) if cond is None else model(x, cond)
+def _input_grad(model: nn.Module, adv: Tensor, y: Tensor, cond: Any) -> Tensor:
+    """Gradient of the summed cross-entropy with respect to the input only."""
+    adv.requires_grad_(True)
+    logits = model(adv) if cond is None else model(adv, cond)
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), adv)
+    return grad
 
 
 @dataclass(frozen=True)
@@ -85,9 +89,7 @@ class PGD:
         else:
             adv = x.clone()
         for _ in range(self.steps):
-            adv.requires_grad_(True)
-            loss = F.cross_entropy(_call(model, adv, cond), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
+            grad = _input_grad(model, adv, y, cond)
             adv = adv.detach()
             adv.add_(grad.sign_(), alpha=self.step_size)
             torch.maximum(adv, lo, out=adv)
@@ -108,9 +110,7 @@ class PGD:
         else:
             adv = x.clone()
         for _ in range(self.steps):
-            adv.requires_grad_(True)
-            loss = F.cross_entropy(_call(model, adv, cond), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
+            grad = _input_grad(model, adv, y, cond)
             adv = adv.detach()
             adv.add_(grad / norms(grad), alpha=self.step_size)
             delta = adv.sub_(x)

@@ -132,7 +132,9 @@ class WideResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """conv-BN-ReLU ×3 (one 2×2 max-pool after the second), global average pool, linear."""
+    """conv-BN-FiLM-ReLU ×3 (one 2×2 max-pool after the second), a final BN without FiLM (as in a
+    WRN: FiLM's small initial scale right before pooling would starve the classifier), global average
+    pool, linear."""
 
     def __init__(self, f: _Factory, channels: list[int], in_channels: int, num_classes: int):
         super().__init__()
@@ -142,8 +144,8 @@ class SmallCNN(nn.Module):
         self.conv2 = f.conv(c1, c2, 3, 1, 1)
         self.bn2 = f.norm(c2)
         self.conv3 = f.conv(c2, c3, 3, 1, 1)
-        self.bn3 = f.norm(c3, film=False)  # like a WRN's final BN: FiLM's small initial scale
-        # right before pooling would starve the classifier; bn1 and bn2 carry the λ conditioning
+        self.bn3 = f.norm(c3)
+        self.bn = f.norm(c3, film=False)
         self.linear = SlimLinear(f.ch(c3), num_classes)
 
     def forward(self, x: Tensor, cond: Cond) -> Tensor:
@@ -152,6 +154,7 @@ class SmallCNN(nn.Module):
         out = F.relu(self.bn2(self.conv2(out, wi), cond))
         out = F.max_pool2d(out, 2)
         out = F.relu(self.bn3(self.conv3(out, wi), cond))
+        out = F.relu(self.bn(out, cond))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out, wi)
 
