@@ -47,7 +47,6 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
     """SA and RA at every (λ, width) on the same images; one pass over the data."""
     keys = [(w, lam) for w in widths for lam in lambdas]
     conds = {k: model.condition(k[1], k[0]) for k in keys}
-    correct = {k: [0, 0] for k in keys}
     totals: dict[tuple[float, float], torch.Tensor] = {}
     n = 0
     was_training = model.training
@@ -67,8 +66,8 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
                 totals[k] = t if k not in totals else totals[k] + t
     finally:
         model.train(was_training)
-    for k, t in totals.items():  # one host sync per point, after the whole pass
-        correct[k] = [int(v) for v in t.tolist()]
+    # one host sync per point, after the whole pass
+    correct = {k: [int(v) for v in totals[k].tolist()] if k in totals else [0, 0] for k in keys}
     method = model.spec.method
     return [Point(method, float(lam), float(w), correct[(w, lam)][0] / max(n, 1), correct[(w, lam)][1] / max(n, 1),
                   "pgd", attack.steps, attack.eps, n, attack.norm) for (w, lam) in keys]

@@ -46,9 +46,10 @@ class LambdaSampler:
         # round away float noise before ceil: 128/6 -> 22, 120·(1/6) -> 20 (not 21)
         return min(batch_size, math.ceil(round(batch_size * self.zero_fraction, 9)))
 
-    def __call__(self, batch_size: int) -> Tensor:
+    def __call__(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         n0 = self.n_zero(batch_size)
-        idx = torch.randint(len(self.nonzero), (batch_size - n0,), generator=self.generator)
+        gen = generator if generator is not None else self.generator
+        idx = torch.randint(len(self.nonzero), (batch_size - n0,), generator=gen)
         return torch.cat([torch.zeros(n0, dtype=torch.float64), self.nonzero[idx]])
 
 

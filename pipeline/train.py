@@ -73,9 +73,7 @@ def make_step(job: JobConfig, attack: PGD) -> Callable[[RobustNet, torch.Tensor,
         Lambda = float(job.method.Lambda)
         return lambda m, x, y, g: pgdat_step(m, x, y, Lambda, attack)
 
-    def sample(b: int, g: torch.Generator) -> torch.Tensor:
-        return LambdaSampler(job.method.lambda_choices, job.method.zero_fraction, g)(b)
-
+    sample = LambdaSampler(job.method.lambda_choices, job.method.zero_fraction)
     if name == "oat":
         return lambda m, x, y, g: oat_step(m, x, y, sample(y.numel(), g), attack)
     widths = list(job.model.widths or [1.0])
