@@ -4,6 +4,7 @@
     oat train --method oat --ds cifar10 -b 128 -e 200 --lr 0.1 --use2BN      (the official flags)
     oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd --steps 20] [--json FILE]
     oat demo [--out DIR]
+    oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .attacks import PGD
     from .checkpoint import load_checkpoint
     from .config import job_from_dict
-    from .data import TensorLoader, load_splits
+    from .data import open_data
     from .evaluate import evaluate_model, plot_tradeoff, points_table, write_points
     from .train import autocast_for, resolve_device
 
@@ -126,16 +127,15 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         job.attack.eps = a.eps
     job.attack.step_size = None
     attack = PGD.from_config(job.attack, a.steps)
-    splits = load_splits(job.data)
-    loader = TensorLoader(splits.test, a.batch_size or job.eval.batch_size, shuffle=False, drop_last=False,
-                          device=device, limit=a.max_images)
+    data = open_data(job.data, threads=job.train.threads)
+    loader = data.loader("test", a.batch_size or job.eval.batch_size, device=device, limit=a.max_images)
     pts = evaluate_model(model, loader, lambdas, widths, attack, autocast_for(job, device))
-    print(points_table(pts, f"{a.checkpoint}: {splits.name} test split"))
+    print(points_table(pts, f"{a.checkpoint}: {data.name} test split"))
     out_json = Path(a.json) if a.json else Path(a.checkpoint).with_suffix("").parent / "evaluate.json"
-    write_points(pts, out_json, {"split": "test", "dataset": splits.name, "checkpoint": str(a.checkpoint),
+    write_points(pts, out_json, {"split": "test", "dataset": data.name, "checkpoint": str(a.checkpoint),
                                  "attack_settings": attack.describe()})
     png = Path(a.plot) if a.plot else out_json.with_suffix(".png")
-    plot_tradeoff({model.spec.method.upper(): pts}, png, title=f"{job.name}: {splits.name} test split")
+    plot_tradeoff({model.spec.method.upper(): pts}, png, title=f"{job.name}: {data.name} test split")
     print(f"wrote {out_json} and {png}")
     return 0
 
@@ -165,11 +165,42 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_prepare(a: argparse.Namespace) -> int:
+    from .config import DataConfig
+    from .data import prepare
+
+    cfg = DataConfig(dataset=a.dataset, root=a.root, download=a.download, val_size=a.val_size)
+    manifest, status = prepare(cfg, a.out, force=a.force, workers=a.workers)
+    counts = ", ".join(f"{s} {manifest.count(s)}" for s in ("train", "val", "test"))
+    shape = "×".join(str(v) for v in manifest.image_shape)
+    print(f"{a.out}: {manifest.dataset} ({counts}; {shape}, {manifest.num_classes} classes) {status}")
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    from .data import DATASETS
+
+    p = sub.add_parser("data", help="prepare data sets as .beton files (FFCV)")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("prepare", help="write a data set's reference splits as .beton files plus a manifest",
+                        description="Write train/val/test .beton files and manifest.json to a folder or "
+                                    "s3://bucket/prefix (endpoint and keys from AWS_* variables). Run again, it "
+                                    "only verifies checksums; --force rewrites.")
+    q.add_argument("--dataset", required=True, choices=DATASETS)
+    q.add_argument("--root", default="data", help="where the raw data set lives (torchvision's layout)")
+    q.add_argument("--out", required=True, help="destination folder or s3://bucket/prefix")
+    q.add_argument("--val-size", type=int, help="held-out images at the end of train (default: the reference)")
+    q.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
+    q.add_argument("--force", action="store_true", help="rewrite even if DEST already holds the set")
+    q.add_argument("--workers", type=int, help="writer processes (default: the CPUs available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oat", description="Once-for-All Adversarial Training pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_data(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--lambdas", type=float, nargs="+", help="λ values to compare (default: the job's list)")
@@ -183,11 +214,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .storage import StorageError
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, StorageError, FileNotFoundError) as exc:
         print(f"oat: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # e.g. an untrained λ or width

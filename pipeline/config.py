@@ -35,6 +35,9 @@ REFERENCE_BACKBONE: dict[str, str] = {
     "digits": "small_cnn",
 }
 
+# The reference validation split: the last N training images of each data set.
+REFERENCE_VAL_SIZE: dict[str, int] = {"cifar10": 5000, "svhn": 5000, "stl10": 500, "digits": 200}
+
 
 class ConfigError(ValueError):
     """A job configuration that cannot run; the message names the dotted key and what is allowed."""
@@ -47,6 +50,10 @@ class DataConfig:
     download: bool = False  # let torchvision download into root when missing (needs internet)
     val_size: int | None = None  # held-out images at the end of train; None: the reference split
     augment: bool = True  # the reference train augmentation of the data set
+    loader: Literal["ffcv", "memory"] = "ffcv"  # ffcv: .beton files; memory: in-process tensors (debugging)
+    beton: str | None = None  # a prepared set (folder or s3://bucket/prefix); None: prepared into the cache
+    cache_dir: str | None = None  # node-local cache; None: $OAT_CACHE_DIR or ~/.cache/oat
+    workers: int | None = None  # FFCV decoding threads; None: train.threads, else the CPUs this process may use
 
 
 @dataclass
@@ -176,7 +183,7 @@ class JobConfig:
         if self.method.name == "pgdat":
             m.use2BN = False
         if self.data.val_size is None:
-            self.data.val_size = {"cifar10": 5000, "svhn": 5000, "stl10": 500, "digits": 200}[self.data.dataset]
+            self.data.val_size = REFERENCE_VAL_SIZE[self.data.dataset]
         if self.method.zero_fraction is None:
             self.method.zero_fraction = 1.0 / len(self.method.lambda_choices)
         if self.attack.step_size is None:
@@ -225,7 +232,7 @@ class JobConfig:
         for key, val in (("attack.steps", self.attack.steps), ("train.epochs", self.train.epochs),
                          ("train.batch_size", self.train.batch_size), ("eval.batch_size", self.eval.batch_size),
                          ("eval.every", self.eval.every), ("eval.test_steps", self.eval.test_steps),
-                         ("ray.num_workers", self.ray.num_workers)):
+                         ("ray.num_workers", self.ray.num_workers), ("data.workers", self.data.workers or 1)):
             if val < 1:
                 fail(key, f"{val} must be >= 1")
         if self.optim.lr <= 0:

@@ -30,7 +30,8 @@ from torch import nn
 from .attacks import PGD
 from .checkpoint import FORMAT, CheckpointError, atomic_save, atomic_write_text, load_checkpoint
 from .config import JobConfig
-from .data import Splits, TensorLoader, load_splits
+from .data import DataSource, open_data
+from .data.source import Loader
 from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, write_points
 from .methods import LambdaSampler, StepResult, oat_step, oats_step, pgdat_step
 from .models import ModelSpec, RobustNet, build_model, spec_from_job
@@ -137,14 +138,14 @@ class BestKeeper:
         return improved
 
 
-def _prepare(job: JobConfig, device: torch.device) -> tuple[Splits, RobustNet]:
-    splits = load_splits(job.data)
-    c, h, w = splits.image_shape
+def _prepare(job: JobConfig, device: torch.device) -> tuple[DataSource, RobustNet]:
+    data = open_data(job.data, threads=job.train.threads)
+    c, h, w = data.image_shape
     torch.manual_seed(job.train.seed)  # the initial weights are part of the run's definition
-    model = build_model(spec_from_job(job, c, splits.num_classes, [h, w])).to(device)
+    model = build_model(spec_from_job(job, c, data.num_classes, [h, w])).to(device)
     if job.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return splits, model
+    return data, model
 
 
 def _check_resumable(ckpt: dict[str, Any], model: RobustNet, job: JobConfig, path: Path) -> None:
@@ -173,7 +174,7 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
     amp = autocast_for(job, device)
     atomic_write_text(job.to_yaml(), out / "config.yaml")
 
-    splits, model = _prepare(job, device)
+    data, model = _prepare(job, device)
     opt, sched = build_optimizer(job, model)
     history: list[dict[str, Any]] = []
     best = BestKeeper(out / "best")
@@ -190,14 +191,13 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
         start_epoch = int(ckpt["epoch"]) + 1
 
     tcfg = job.train
-    train_loader = TensorLoader(splits.train, tcfg.batch_size, shuffle=True, drop_last=True,
-                                augment=splits.augment, device=device, seed=tcfg.seed,
-                                channels_last=tcfg.channels_last)
-    if len(train_loader) == 0:
+    if tcfg.batch_size > data.counts["train"]:
         raise ValueError(f"train.batch_size={tcfg.batch_size} is larger than the training split "
-                         f"({len(splits.train)} images)")
-    val_loader = TensorLoader(splits.val, job.eval.batch_size, shuffle=False, drop_last=False, device=device,
-                              limit=job.eval.max_images, channels_last=tcfg.channels_last)
+                         f"({data.counts['train']} images)")
+    train_loader = data.loader("train", tcfg.batch_size, device=device, train=True, seed=tcfg.seed,
+                               channels_last=tcfg.channels_last)
+    val_loader = data.loader("val", job.eval.batch_size, device=device, limit=job.eval.max_images,
+                             channels_last=tcfg.channels_last)
     attack = PGD.from_config(job.attack)
     val_attack = PGD.from_config(job.attack, job.eval.val_steps)
     step_fn = make_step(job, attack)
@@ -207,8 +207,9 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
     prog = Progress(tcfg.epochs, steps, start_epoch, enabled=progress, label=label or job.name)
     if start_epoch:
         prog.message(f"resuming {out} at epoch {start_epoch + 1}/{tcfg.epochs}")
-    prog.message(f"{job.method.name.upper()} {model.spec.backbone} on {splits.name} "
-                 f"({len(splits.train)} train / {len(splits.val)} val images, {steps} steps/epoch, {device})")
+    prog.message(f"{job.method.name.upper()} {model.spec.backbone} on {data.name} "
+                 f"({data.counts['train']} train / {data.counts['val']} val images, {steps} steps/epoch, "
+                 f"{data.kind} loader, {device})")
 
     for epoch in range(start_epoch, tcfg.epochs):
         record = _train_epoch(job, model, opt, train_loader, step_fn, epoch, steps, prog, amp)
@@ -232,13 +233,13 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
     atomic_save(final, out / "final.pt")
     result = TrainResult(out, history)
     if final_test:
-        result.test_points = test_model(model, job, splits, device, out, amp=amp, progress=prog)
+        result.test_points = test_model(model, job, data, device, out, amp=amp, progress=prog)
     result.seconds = time.perf_counter() - t_start
     prog.message(f"done in {fmt_duration(result.seconds)}: {out}")
     return result
 
 
-def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, loader: TensorLoader,
+def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, loader: Loader,
                  step_fn: Callable[..., StepResult], epoch: int, steps: int, prog: Progress,
                  amp: Callable[[], contextlib.AbstractContextManager]) -> dict[str, Any]:
     seed = epoch_seed(job.train.seed, epoch)
@@ -250,7 +251,17 @@ def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, l
     sums: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
     images = 0
-    for i, (x, y) in enumerate(_take(loader, steps)):
+    wait = 0.0  # host time spent waiting for the next batch
+    batches = _take(loader, steps)
+    i = 0
+    while True:
+        tw = time.perf_counter()
+        batch = next(batches, None)
+        wait += time.perf_counter() - tw
+        if batch is None:
+            break
+        x, y = batch
+        i += 1
         with amp():
             res = step_fn(model, x, y, gen)
         opt.zero_grad(set_to_none=True)
@@ -260,12 +271,13 @@ def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, l
             sums[k] = v if k not in sums else sums[k] + v
         images += int(y.numel())
         if prog.enabled:
-            prog.step(i + 1, float(sums["loss"]) / max(int(sums["n"]), 1), images / (time.perf_counter() - t0))
+            prog.step(i, float(sums["loss"]) / max(int(sums["n"]), 1), images / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
     vals = {k: float(v) for k, v in sums.items()}  # one host sync per epoch
     n = max(vals.get("n", 0.0), 1.0)
     rec: dict[str, Any] = {"epoch": epoch, "loss": vals.get("loss", 0.0) / n, "seconds": seconds,
-                           "images_per_s": images / seconds if seconds else 0.0, "steps": steps}
+                           "images_per_s": images / seconds if seconds else 0.0, "steps": i,
+                           "data_wait_s": wait, "data_wait_share": wait / seconds if seconds else 0.0}
     if "n_clean" in vals:
         rec["train_clean_acc"] = vals["clean_correct"] / max(vals["n_clean"], 1.0)
     if "n_adv" in vals:
@@ -273,11 +285,18 @@ def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, l
     return rec
 
 
-def _take(loader: TensorLoader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for i, batch in enumerate(loader):
-        if i >= steps:
-            return
-        yield batch
+def _take(loader: Loader, steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    it = iter(loader)
+    try:
+        for _ in range(steps):
+            batch = next(it, None)
+            if batch is None:
+                return
+            yield batch
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()  # a generator loader releases its resources (FFCV: its background thread) now
 
 
 def _val_line(epoch: int, pts: Sequence[Point]) -> str:
@@ -286,18 +305,17 @@ def _val_line(epoch: int, pts: Sequence[Point]) -> str:
     return f"epoch {epoch + 1} val SA/RA (PGD-{pts[0].steps if pts else 0}) {cells}"
 
 
-def test_model(model: RobustNet, job: JobConfig, splits: Splits, device: torch.device, out: Path, *,
+def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch.device, out: Path, *,
                amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                progress: Progress | None = None) -> list[Point]:
     """The test-split trade-off curve with PGD-<eval.test_steps>: eval.json, tradeoff.png, a table."""
-    loader = TensorLoader(splits.test, job.eval.batch_size, shuffle=False, drop_last=False, device=device,
-                          limit=job.eval.max_images)
+    loader = data.loader("test", job.eval.batch_size, device=device, limit=job.eval.max_images)
     attack = PGD.from_config(job.attack, job.eval.test_steps)
     lambdas = job.eval.lambdas or job.lambdas
     pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp)
-    write_points(pts, out / "eval.json", {"split": "test", "dataset": splits.name, "attack_settings":
+    write_points(pts, out / "eval.json", {"split": "test", "dataset": data.name, "attack_settings":
                                           attack.describe(), "job": job.name})
-    plot_tradeoff({job.method.name.upper(): pts}, out / "tradeoff.png", title=f"{job.name} on {splits.name} (test)")
+    plot_tradeoff({job.method.name.upper(): pts}, out / "tradeoff.png", title=f"{job.name} on {data.name} (test)")
     if progress is not None:
-        progress.message(points_table(pts, f"test split, {len(splits.test)} images"))
+        progress.message(points_table(pts, f"test split, {pts[0].n if pts else 0} images"))
     return pts

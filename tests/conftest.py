@@ -45,6 +45,38 @@ def tiny_model(seed: int = 0, **kw: Any) -> RobustNet:
     return build_model(tiny_spec(**kw))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def oat_cache(tmp_path_factory):
+    """Prepared .beton sets go to a per-session cache, not the user's ~/.cache/oat."""
+    path = tmp_path_factory.mktemp("oat-cache")
+    old = os.environ.get("OAT_CACHE_DIR")
+    os.environ["OAT_CACHE_DIR"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("OAT_CACHE_DIR", None)
+    else:
+        os.environ["OAT_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback, started once per session, with its own keys."""
+    from pipeline.stack import S3Server, free_port
+
+    server = S3Server(tmp_path_factory.mktemp("s3"), port=free_port(), buckets=("oat", "data")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The server's endpoint and keys in this test's environment (as a user would export them)."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    return s3_server
+
+
 @pytest.fixture
 def job_factory():
     return tiny_job

@@ -1,12 +1,10 @@
-import pickle
-
-import numpy as np
 import pytest
-import scipy.io
 import torch
 
 from pipeline.config import DataConfig
 from pipeline.data import DataError, TensorLoader, crop_flip, load_splits
+
+from .datagen import write_cifar, write_stl, write_svhn
 
 
 def test_digits_fixed_split():
@@ -16,21 +14,6 @@ def test_digits_fixed_split():
     assert int(s.train.x.max()) == 16 and s.train.scale == 16.0
     again = load_splits(DataConfig(dataset="digits", val_size=200))
     assert torch.equal(s.test.x, again.test.x) and torch.equal(s.train.y, again.train.y)
-
-
-def write_cifar(root, n_per_batch=6, n_test=5):
-    base = root / "cifar-10-batches-py"
-    base.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    batches = []
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        n = n_test if name == "test_batch" else n_per_batch
-        data = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, n).tolist()
-        with open(base / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-        batches.append((data, labels))
-    return batches
 
 
 def test_cifar10_on_disk_format(tmp_path):
@@ -53,32 +36,19 @@ def test_cifar10_missing_and_corrupt(tmp_path):
 
 
 def test_svhn_on_disk_format(tmp_path):
-    rng = np.random.default_rng(1)
-    for name, n in (("train_32x32.mat", 12), ("test_32x32.mat", 4)):
-        X = rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8)
-        y = np.array([[10], [1], [2], [3]] * (n // 4), dtype=np.uint8)
-        scipy.io.savemat(tmp_path / name, {"X": X, "y": y})
-        if name.startswith("train"):
-            first = torch.from_numpy(X[:, :, :, 0].transpose(2, 0, 1).copy())
+    X = write_svhn(tmp_path)
     s = load_splits(DataConfig(dataset="svhn", root=str(tmp_path), val_size=2))
     assert (len(s.train), len(s.val), len(s.test)) == (10, 2, 4)
     assert s.train.y[:4].tolist() == [0, 1, 2, 3]  # label 10 is the digit 0
-    assert torch.equal(s.train.x[0], first) and s.augment is None
+    assert torch.equal(s.train.x[0], torch.from_numpy(X[0])) and s.augment is None
 
 
 def test_stl10_on_disk_format(tmp_path):
-    base = tmp_path / "stl10_binary"
-    base.mkdir()
-    rng = np.random.default_rng(2)
-    imgs = rng.integers(0, 256, (6, 3, 96, 96), dtype=np.uint8)
-    for split, n in (("train", 6), ("test", 2)):
-        # the binary stores each channel column-major
-        np.ascontiguousarray(imgs[:n].transpose(0, 1, 3, 2)).tofile(base / f"{split}_X.bin")
-        np.arange(1, n + 1, dtype=np.uint8).tofile(base / f"{split}_y.bin")
+    imgs = write_stl(tmp_path)
     s = load_splits(DataConfig(dataset="stl10", root=str(tmp_path), val_size=1))
     assert (len(s.train), len(s.val), len(s.test)) == (5, 1, 2)
     assert torch.equal(s.train.x[0], torch.from_numpy(imgs[0])) and s.train.y.tolist() == [0, 1, 2, 3, 4]
-    (base / "train_X.bin").write_bytes(b"\x00" * 100)
+    (tmp_path / "stl10_binary" / "train_X.bin").write_bytes(b"\x00" * 100)
     with pytest.raises(DataError, match="truncated"):
         load_splits(DataConfig(dataset="stl10", root=str(tmp_path), val_size=1))
 

@@ -26,9 +26,9 @@ def crash_after(epoch):
     return cb
 
 
-@pytest.mark.parametrize("method", ["oat", "pgdat", "oats"])
-def test_resume_continues_exactly(tmp_path, method):
-    extra = {"method": {"name": method, "Lambda": 0.5}}
+@pytest.mark.parametrize("method,loader", [("oat", "ffcv"), ("pgdat", "ffcv"), ("oats", "ffcv"), ("oat", "memory")])
+def test_resume_continues_exactly(tmp_path, method, loader):
+    extra = {"method": {"name": method, "Lambda": 0.5}, "data": {"loader": loader}}
     if method == "oats":
         extra["model"] = {"widths": [0.5, 1.0]}
     job = tiny_job(**extra, train={"epochs": 4})
@@ -50,6 +50,7 @@ def test_outputs_and_best_checkpoints(tmp_path):
     assert load_job(tmp_path / "config.yaml").to_dict() == job.to_dict()  # the resolved job, reloadable
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [0, 1, 2] and all("val" in h for h in hist)
+    assert all(0 <= h["data_wait_share"] < 1 and h["data_wait_s"] >= 0 for h in hist)
     index = json.loads((tmp_path / "best" / "index.json").read_text())
     assert set(index) == {f"lambda={lam:g},width=1" for lam in job.method.lambda_choices}
     files = {v["file"] for v in index.values()}

@@ -25,7 +25,24 @@ from torch import Tensor
 from ..config import DataConfig
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+DIGIT_CLASSES = [str(i) for i in range(10)]
+CLASSES = {"digits": DIGIT_CLASSES, "cifar10": CIFAR10_CLASSES, "svhn": DIGIT_CLASSES, "stl10": STL10_CLASSES}
 DATASETS = ("digits", "cifar10", "svhn", "stl10")
+
+
+def split_definition(name: str, val_size: int) -> str:
+    """The reference split in words (written into every prepared set's manifest)."""
+    return {
+        "digits": f"scikit-learn digits permuted with torch seed 0; train = the first {1400 - val_size}, "
+                  f"val = the next {val_size}, test = the last 397",
+        "cifar10": f"train = data_batch_1..5 without their last {val_size} images; val = those last {val_size}; "
+                   "test = test_batch",
+        "svhn": f"train = train_32x32.mat without its last {val_size} images; val = those last {val_size}; "
+                "test = test_32x32.mat (extra_32x32.mat unused); label 10 is the digit 0",
+        "stl10": f"train = train_X.bin without its last {val_size} images; val = those last {val_size}; "
+                 "test = test_X.bin (unlabeled.bin unused)",
+    }[name]
 
 
 class DataError(RuntimeError):

