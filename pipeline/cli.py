@@ -5,6 +5,8 @@
     oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd --steps 20] [--json FILE]
     oat demo [--out DIR]
     oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
+    oat run JOB.yaml [--set k=v ...] [--name N] [--storage PATH] [--out DIR]      (Ray Train)
+    oat submit JOB.yaml [--address http://HEAD:8265] [--no-wait]                  (Ray job API)
 """
 
 from __future__ import annotations
@@ -165,6 +167,57 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    import os
+
+    from .config import load_job
+    from .distributed import run_job
+    from .evaluate import points_table, read_points
+
+    job = load_job(a.job, a.overrides)
+    submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job's working dir is temporary: no copy
+    out = Path(a.out) if a.out else (None if submitted else Path("runs") / (a.name or job.ray.name or job.name))
+    res = run_job(job, name=a.name, storage_path=a.storage, address=a.address, out=out)
+    copied = f"; final run folder copied to {res.out}" if res.out is not None else ""
+    print(f"run {res.name}: checkpoints in {res.storage} (last: {res.checkpoint}){copied} ({res.seconds:.0f} s)")
+    if res.out is not None and (res.out / "eval.json").is_file():
+        print(points_table(read_points(res.out / "eval.json"), "test split"))
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a job with Ray Train (DDP workers, checkpoints, restarts)",
+                       description="Run JOB.yaml as a Ray Train TorchTrainer. With RAY_ADDRESS (or --address) it "
+                                   "joins that cluster; otherwise it starts a local Ray. Rerunning with the same "
+                                   "name and storage resumes from the last checkpoint.")
+    p.add_argument("job", help="job YAML (jobs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", help="run name under the storage path (default: ray.name, else the job's name)")
+    p.add_argument("--storage", help="folder every node sees, or s3://bucket/prefix (default: ray.storage_path)")
+    p.add_argument("--out", help="local copy of the final run folder (default: runs/<name>; none inside a "
+                                 "submitted Ray job, whose working dir is temporary)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from .submit import submit
+
+    return submit(a.job, a.overrides, address=a.address, wait=not a.no_wait, name=a.name, storage=a.storage)
+
+
+def _add_submit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("submit", help="submit `oat run JOB` to a Ray cluster's job API and follow its logs",
+                       description="Submit `oat run JOB` through Ray's job submission API with this folder as the "
+                                   "working dir (without data, runs or checkpoints). The plain equivalent: "
+                                   "ray job submit --address http://HEAD:8265 --working-dir . -- oat run JOB")
+    p.add_argument("job", help="job YAML inside this folder (jobs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--address", help="the dashboard's URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
+    p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
+    p.add_argument("--name", help="run name (passed to oat run)")
+    p.add_argument("--storage", help="storage path (passed to oat run)")
+
+
 def cmd_data_prepare(a: argparse.Namespace) -> int:
     from .config import DataConfig
     from .data import prepare
@@ -201,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_evaluate(sub)
     _add_data(sub)
+    _add_run(sub)
+    _add_submit(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--lambdas", type=float, nargs="+", help="λ values to compare (default: the job's list)")
@@ -215,11 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .storage import StorageError
+    from .submit import SubmitError
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare,
+                "run": cmd_run, "submit": cmd_submit}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, CheckpointError, StorageError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, FileNotFoundError) as exc:
         print(f"oat: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # e.g. an untrained λ or width

@@ -108,6 +108,7 @@ class TrainConfig:
     channels_last: bool = False
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
+    accumulate: int = 1  # micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)
 
 
 @dataclass
@@ -131,13 +132,17 @@ class TrackingConfig:
 
 @dataclass
 class RayConfig:
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    """How ``oat run`` runs the job on a Ray cluster (``oat train`` ignores this section)."""
+
+    num_workers: int = 1  # DDP workers; train.batch_size is split over them
+    use_gpu: bool = False  # one GPU per worker, NCCL; otherwise gloo on CPU
+    cpus_per_worker: float = 1.0  # also the worker's torch threads and FFCV decoding threads
     gpus_per_worker: float = 1.0
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: int = 0
-    storage_path: str | None = None
+    max_failures: int = 0  # restarts of the worker group (from the last checkpoint); -1: unlimited
+    storage_path: str | None = None  # a folder every node sees, or s3://bucket/prefix; None: ~/ray_results
+    name: str | None = None  # the run's name under storage_path (None: the job's name); same name = resume
+    checkpoints_to_keep: int = 2
 
 
 @dataclass
@@ -232,9 +237,18 @@ class JobConfig:
         for key, val in (("attack.steps", self.attack.steps), ("train.epochs", self.train.epochs),
                          ("train.batch_size", self.train.batch_size), ("eval.batch_size", self.eval.batch_size),
                          ("eval.every", self.eval.every), ("eval.test_steps", self.eval.test_steps),
-                         ("ray.num_workers", self.ray.num_workers), ("data.workers", self.data.workers or 1)):
+                         ("ray.num_workers", self.ray.num_workers), ("data.workers", self.data.workers or 1),
+                         ("train.accumulate", self.train.accumulate),
+                         ("ray.checkpoints_to_keep", self.ray.checkpoints_to_keep)):
             if val < 1:
                 fail(key, f"{val} must be >= 1")
+        if self.train.batch_size % self.train.accumulate:
+            fail("train.accumulate",
+                 f"{self.train.accumulate} does not divide train.batch_size={self.train.batch_size}")
+        if self.ray.max_failures < -1:
+            fail("ray.max_failures", f"{self.ray.max_failures} must be >= -1 (-1: retry without limit)")
+        if self.ray.cpus_per_worker <= 0:
+            fail("ray.cpus_per_worker", f"{self.ray.cpus_per_worker} must be > 0")
         if self.optim.lr <= 0:
             fail("optim.lr", f"{self.optim.lr} must be > 0")
         if m.dropout is not None and not 0.0 <= m.dropout < 1.0:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,10 @@ class Point:
 
 def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    lambdas: Sequence[float], widths: Sequence[float], attack: PGD,
-                   autocast: Any = None) -> list[Point]:
-    """SA and RA at every (λ, width) on the same images; one pass over the data."""
+                   autocast: Any = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
+                   ) -> list[Point]:
+    """SA and RA at every (λ, width) on the same images; one pass over the data. ``reduce`` sums the
+    counts over the ranks that each evaluated a shard (an all-reduce)."""
     keys = [(w, lam) for w in widths for lam in lambdas]
     conds = {k: model.condition(k[1], k[0]) for k in keys}
     totals: dict[tuple[float, float], torch.Tensor] = {}
@@ -66,8 +68,14 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
                 totals[k] = t if k not in totals else totals[k] + t
     finally:
         model.train(was_training)
-    # one host sync per point, after the whole pass
-    correct = {k: [int(v) for v in totals[k].tolist()] if k in totals else [0, 0] for k in keys}
+    dev = next(model.parameters()).device
+    counts = torch.stack([totals[k] if k in totals else torch.zeros(2, dtype=torch.long, device=dev)
+                          for k in keys] + [torch.tensor([n, 0], device=dev)]).to(torch.long)
+    if reduce is not None:
+        counts = reduce(counts)
+    table = counts.tolist()  # one host sync, after the whole pass
+    n = int(table[-1][0])
+    correct = {k: table[i] for i, k in enumerate(keys)}
     method = model.spec.method
     return [Point(method, float(lam), float(w), correct[(w, lam)][0] / max(n, 1), correct[(w, lam)][1] / max(n, 1),
                   "pgd", attack.steps, attack.eps, n, attack.norm) for (w, lam) in keys]

@@ -7,6 +7,7 @@ SIGTERM takes about 30).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -25,9 +26,21 @@ class StackError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct free ports (all held open while choosing, so none is handed out twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -79,9 +92,9 @@ class S3Server:
         self.root.mkdir(parents=True, exist_ok=True)
         if _port_open(self.host, self.port):
             raise StackError(f"port {self.port} on {self.host} is already in use: pick another S3 port")
-        ports = {name: free_port(self.host) for name in
-                 ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-                  "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")}
+        names = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+                 "filer.port.grpc", "s3.port.grpc", "admin.port", "admin.port.grpc")
+        ports = dict(zip(names, (p for p in free_ports(len(names) + 1, self.host) if p != self.port)))
         args = [weed_binary(), "mini", f"-dir={self.root / 'data'}", f"-ip={self.host}", f"-ip.bind={self.host}",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false", f"-s3.port={self.port}",
                 f"-s3.config={self._write_identities()}", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -128,3 +141,89 @@ class S3Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@dataclass
+class RayCluster:
+    """A Ray cluster of ``nodes`` nodes on this machine (loopback addresses 127.0.0.2, .3, …), started with
+    ``ray start`` as on real machines, with token authentication; :meth:`stop` ends only its processes
+    (``ray stop`` would end every Ray on the machine)."""
+
+    root: Path  # temp dir (sessions, logs, sockets) and the auth token
+    nodes: int = 2
+    cpus_per_node: int = 2
+    memory: int = 4_000_000_000
+    object_store_memory: int = 500_000_000
+    port: int = 0  # 0: free ports are chosen at start
+    dashboard_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.2:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def env(self) -> dict[str, str]:
+        """What a driver on this machine needs (``oat run``, ``ray job submit``)."""
+        bin_dir = str(Path(sys.executable).parent)
+        path = os.environ.get("PATH", "")
+        return {"RAY_ADDRESS": self.address, "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(self.root / "auth_token"),
+                "PATH": path if path.startswith(bin_dir + os.pathsep) else f"{bin_dir}{os.pathsep}{path}"}
+
+    def _ray(self, *args: str, timeout: float = 120) -> None:
+        env = {**os.environ, **self.env()}
+        env.pop("RAY_ADDRESS")
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", *args, f"--num-cpus={self.cpus_per_node}",
+               f"--memory={self.memory}", f"--object-store-memory={self.object_store_memory}",
+               "--disable-usage-stats"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            self.stop()
+            raise StackError(f"`ray start {' '.join(args[:2])}` failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+
+    def start(self) -> RayCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        token = self.root / "auth_token"
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        gcs, dash, client = free_ports(3)
+        self.port = self.port or gcs
+        self.dashboard_port = self.dashboard_port or dash
+        self._ray("--head", "--node-ip-address=127.0.0.2", f"--port={self.port}", "--dashboard-host=127.0.0.1",
+                  f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
+                  f"--temp-dir={self.root / 'ray'}", f"--ray-client-server-port={client}")
+        for i in range(1, self.nodes):
+            self._ray(f"--address={self.address}", f"--node-ip-address=127.0.0.{2 + i}")
+        return self
+
+    def processes(self) -> list:
+        import psutil
+
+        mark = str(self.root / "ray")
+        found = {}
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if any(mark in part for part in (p.info["cmdline"] or [])):
+                    found[p.pid] = p
+                    for c in p.children(recursive=True):
+                        found[c.pid] = c
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return list(found.values())
+
+    def stop(self) -> None:
+        import psutil
+
+        procs = self.processes()
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(alive, timeout=10)

@@ -1,4 +1,4 @@
-"""The training loop: one function for ``oat train`` (one process) and, later, Ray workers.
+"""The training loop: one function for ``oat train`` (one process) and for each Ray Train worker.
 
 Per epoch: a seeded data order and λ draw, one method step per batch (SGD, LR schedule stepped per
 epoch), evaluation at the reference cadence, per-(λ, width) best weights, and an atomically written
@@ -12,6 +12,11 @@ Output folder::
     best/            best weights per (λ, width) by the validation objective (1-λ)·SA + λ·RA
     history.json     one record per epoch (loss, accuracies, lr, throughput, validation points)
     eval.json        test-split trade-off curve (PGD-<eval.test_steps>), tradeoff.png its plot
+
+Under DDP (:class:`Dist`, set up by :mod:`pipeline.distributed`) ``train.batch_size`` is the global batch:
+each rank takes its share of every step's batch and of every λ draw, the method's loss runs inside one
+DDP-wrapped module (:class:`TrainStep`) while attacks use the unwrapped network, evaluation is sharded
+and its counts summed, and rank 0 alone writes files and hands each epoch's folder to ``Dist.report``.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ from .checkpoint import FORMAT, CheckpointError, atomic_save, atomic_write_text,
 from .config import JobConfig
 from .data import DataSource, open_data
 from .data.source import Loader
-from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, write_points
-from .methods import LambdaSampler, StepResult, oat_step, oats_step, pgdat_step
+from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, read_points, write_points
+from .methods import LambdaSampler, oat_step, oats_step, pgdat_step
 from .models import ModelSpec, RobustNet, build_model, spec_from_job
 from .progress import Progress, fmt_duration
 
@@ -46,6 +51,27 @@ class TrainResult:
     history: list[dict[str, Any]]
     test_points: list[Point] = field(default_factory=list)
     seconds: float = 0.0
+
+
+@dataclass
+class Dist:
+    """This process's place in a data-parallel group (the process group is already initialised)."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device | None = None  # None: from train.device
+    # called on every rank after every epoch with (record, out_dir, final); rank 0's out_dir holds the files
+    report: Callable[[dict[str, Any], Path, bool], None] | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def all_reduce_sum(t: torch.Tensor, dist: Dist) -> torch.Tensor:
+    if dist.world > 1:
+        torch.distributed.all_reduce(t)
+    return t
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,18 +93,47 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919) % (2**63)
 
 
-def make_step(job: JobConfig, attack: PGD) -> Callable[[RobustNet, torch.Tensor, torch.Tensor, torch.Generator],
-                                                       StepResult]:
-    name = job.method.name
-    if name == "pgdat":
-        Lambda = float(job.method.Lambda)
-        return lambda m, x, y, g: pgdat_step(m, x, y, Lambda, attack)
+class TrainStep(nn.Module):
+    """The method's loss for one (micro-)batch as a module, so that DDP sees exactly one forward per
+    backward. The attack inside runs on ``self.net`` itself (unwrapped, frozen, in eval mode)."""
 
-    sample = LambdaSampler(job.method.lambda_choices, job.method.zero_fraction)
-    if name == "oat":
-        return lambda m, x, y, g: oat_step(m, x, y, sample(y.numel(), g), attack)
-    widths = list(job.model.widths or [1.0])
-    return lambda m, x, y, g: oats_step(m, x, y, sample(y.numel(), g), attack, widths)
+    def __init__(self, net: RobustNet, job: JobConfig, attack: PGD):
+        super().__init__()
+        self.net = net
+        self.method = job.method.name
+        self.Lambda = float(job.method.Lambda)
+        self.widths = list(job.model.widths or [1.0])
+        self.attack = attack
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, lam: torch.Tensor | None) -> tuple[torch.Tensor,
+                                                                                         dict[str, torch.Tensor]]:
+        if self.method == "pgdat":
+            r = pgdat_step(self.net, x, y, self.Lambda, self.attack)
+        elif self.method == "oat":
+            assert lam is not None
+            r = oat_step(self.net, x, y, lam, self.attack)
+        else:
+            assert lam is not None
+            r = oats_step(self.net, x, y, lam, self.attack, self.widths)
+        return r.loss, r.metrics
+
+
+def lambda_draws(job: JobConfig, micro: int, rank: int, world: int, accumulate: int
+                 ) -> Callable[[torch.Generator], list[torch.Tensor | None]]:
+    """Per step, the λ of this rank's micro-batches. Every rank draws the whole step (world × accumulate
+    blocks of ``micro`` samples) from the same epoch-seeded generator and keeps its own blocks, so each
+    block has its own λ = 0 share and 2 workers see the λ assignment that 1 worker with
+    ``accumulate=2`` sees."""
+    if job.method.name == "pgdat":
+        return lambda g: [None] * accumulate
+    sampler = LambdaSampler(job.method.lambda_choices, job.method.zero_fraction)
+    lo, hi = rank * accumulate, (rank + 1) * accumulate
+
+    def draw(g: torch.Generator) -> list[torch.Tensor | None]:
+        blocks = [sampler(micro, g) for _ in range(world * accumulate)]
+        return list(blocks[lo:hi])
+
+    return draw
 
 
 def eval_due(job: JobConfig, epoch: int) -> bool:
@@ -163,16 +218,22 @@ def _check_resumable(ckpt: dict[str, Any], model: RobustNet, job: JobConfig, pat
 
 
 def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
-        callbacks: Sequence[EpochCallback] = (), final_test: bool = True, label: str = "") -> TrainResult:
+        callbacks: Sequence[EpochCallback] = (), final_test: bool = True, label: str = "",
+        dist: Dist | None = None) -> TrainResult:
     """Train ``job`` into ``out_dir`` (resuming from its ``latest.pt`` when there is one)."""
     t_start = time.perf_counter()
+    dist = dist or Dist()
+    main = dist.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if job.train.threads:
         torch.set_num_threads(job.train.threads)
-    device = resolve_device(job.train.device)
+    device = dist.device or resolve_device(job.train.device)
     amp = autocast_for(job, device)
-    atomic_write_text(job.to_yaml(), out / "config.yaml")
+    tcfg = job.train
+    per_rank, micro = _batch_split(job, dist.world)
+    if main:
+        atomic_write_text(job.to_yaml(), out / "config.yaml")
 
     data, model = _prepare(job, device)
     opt, sched = build_optimizer(job, model)
@@ -190,64 +251,104 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
         best = BestKeeper(out / "best", ckpt.get("best"))
         start_epoch = int(ckpt["epoch"]) + 1
 
-    tcfg = job.train
     if tcfg.batch_size > data.counts["train"]:
         raise ValueError(f"train.batch_size={tcfg.batch_size} is larger than the training split "
                          f"({data.counts['train']} images)")
-    train_loader = data.loader("train", tcfg.batch_size, device=device, train=True, seed=tcfg.seed,
-                               channels_last=tcfg.channels_last)
+    train_loader = data.loader("train", per_rank, device=device, train=True, seed=tcfg.seed, rank=dist.rank,
+                               world_size=dist.world, channels_last=tcfg.channels_last)
     val_loader = data.loader("val", job.eval.batch_size, device=device, limit=job.eval.max_images,
-                             channels_last=tcfg.channels_last)
+                             rank=dist.rank, world_size=dist.world, channels_last=tcfg.channels_last)
     attack = PGD.from_config(job.attack)
     val_attack = PGD.from_config(job.attack, job.eval.val_steps)
-    step_fn = make_step(job, attack)
+    stepper: nn.Module = TrainStep(model, job, attack)
+    if dist.world > 1:
+        # inputs are already on the device (device_ids=None moves nothing); rank 0's BN statistics are
+        # broadcast before each forward, so every rank evaluates the same model
+        stepper = torch.nn.parallel.DistributedDataParallel(stepper, device_ids=None)
+    draws = lambda_draws(job, micro, dist.rank, dist.world, tcfg.accumulate)
     steps = len(train_loader)
     if tcfg.max_steps_per_epoch:
         steps = min(steps, tcfg.max_steps_per_epoch)
-    prog = Progress(tcfg.epochs, steps, start_epoch, enabled=progress, label=label or job.name)
+    prog = Progress(tcfg.epochs, steps, start_epoch, enabled=progress and main, label=label or job.name)
     if start_epoch:
         prog.message(f"resuming {out} at epoch {start_epoch + 1}/{tcfg.epochs}")
+    workers = f", {dist.world} workers × {per_rank}" if dist.world > 1 else ""
     prog.message(f"{job.method.name.upper()} {model.spec.backbone} on {data.name} "
-                 f"({data.counts['train']} train / {data.counts['val']} val images, {steps} steps/epoch, "
-                 f"{data.kind} loader, {device})")
+                 f"({data.counts['train']} train / {data.counts['val']} val images, {steps} steps/epoch of "
+                 f"{tcfg.batch_size}{workers}, {data.kind} loader, {device})")
+    reduce = (lambda t: all_reduce_sum(t, dist)) if dist.world > 1 else None
+    bn_stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for b in m.buffers()] if tcfg.accumulate > 1 else []
 
     for epoch in range(start_epoch, tcfg.epochs):
-        record = _train_epoch(job, model, opt, train_loader, step_fn, epoch, steps, prog, amp)
+        record = _train_epoch(job, stepper, opt, train_loader, draws, epoch, steps, prog, amp, dist, bn_stats)
         record["lr"] = opt.param_groups[0]["lr"]
         sched.step()
         if eval_due(job, epoch):
             pts = evaluate_model(model, val_loader, job.eval.lambdas or [], job.eval.widths or [1.0],
-                                 val_attack, amp)
+                                 val_attack, amp, reduce=reduce)
             record["val"] = [p.to_dict() for p in pts]
-            record["best_updated"] = best.update(pts, epoch, model, job)
+            if main:
+                record["best_updated"] = best.update(pts, epoch, model, job)
             prog.message(_val_line(epoch, pts))
         history.append(record)
-        atomic_save(model_checkpoint(model, job, epoch, kind="train", optimizer=opt.state_dict(),
-                                     scheduler=sched.state_dict(), history=history, best=best.index), latest)
-        atomic_write_text(json.dumps(history, indent=1) + "\n", out / "history.json")
+        if main:
+            atomic_save(model_checkpoint(model, job, epoch, kind="train", optimizer=opt.state_dict(),
+                                         scheduler=sched.state_dict(), history=history, best=best.index), latest)
+            atomic_write_text(json.dumps(history, indent=1) + "\n", out / "history.json")
+        if dist.report is not None and epoch < tcfg.epochs - 1:
+            dist.report(record, out, False)
         for cb in callbacks:
             cb(record)
 
-    final = model_checkpoint(model, job, tcfg.epochs - 1, kind="final",
-                             val=history[-1].get("val") if history else None)
-    atomic_save(final, out / "final.pt")
+    if main:
+        final = model_checkpoint(model, job, tcfg.epochs - 1, kind="final",
+                                 val=history[-1].get("val") if history else None)
+        atomic_save(final, out / "final.pt")
     result = TrainResult(out, history)
     if final_test:
-        result.test_points = test_model(model, job, data, device, out, amp=amp, progress=prog)
+        if start_epoch >= tcfg.epochs and (out / "eval.json").is_file():
+            result.test_points = read_points(out / "eval.json")  # a finished run, resubmitted
+        else:
+            result.test_points = test_model(model, job, data, device, out, amp=amp, progress=prog, dist=dist)
+    if dist.report is not None:  # the last epoch's checkpoint: with final.pt (and the test curve)
+        dist.report(history[-1] if history else {}, out, True)
     result.seconds = time.perf_counter() - t_start
     prog.message(f"done in {fmt_duration(result.seconds)}: {out}")
     return result
 
 
-def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, loader: Loader,
-                 step_fn: Callable[..., StepResult], epoch: int, steps: int, prog: Progress,
-                 amp: Callable[[], contextlib.AbstractContextManager]) -> dict[str, Any]:
+def _batch_split(job: JobConfig, world: int) -> tuple[int, int]:
+    """(per-rank batch, micro-batch) of the global ``train.batch_size``; both BNs need data in every
+    micro-batch under DDP, or DDP would find parameters without gradients."""
+    b, acc = job.train.batch_size, job.train.accumulate
+    if b % (world * acc):
+        raise ValueError(f"train.batch_size={b} must divide evenly over {world} worker(s) × "
+                         f"train.accumulate={acc}; use a multiple of {world * acc}")
+    per_rank = b // world
+    micro = per_rank // acc
+    if world > 1 and job.method.name != "pgdat":
+        n0 = LambdaSampler(job.method.lambda_choices, job.method.zero_fraction).n_zero(micro)
+        if job.model.use2BN and not 0 < n0 < micro:
+            raise ValueError(f"a micro-batch of {micro} images holds {n0} at λ = 0: each rank needs samples at "
+                             "λ = 0 and λ > 0 for both batch norms; raise train.batch_size")
+    return per_rank, micro
+
+
+def _train_epoch(job: JobConfig, stepper: nn.Module, opt: torch.optim.Optimizer, loader: Loader,
+                 draws: Callable[[torch.Generator], list[torch.Tensor | None]], epoch: int, steps: int,
+                 prog: Progress, amp: Callable[[], contextlib.AbstractContextManager], dist: Dist,
+                 bn_stats: Sequence[torch.Tensor] = ()) -> dict[str, Any]:
+    """One epoch. With ``train.accumulate = k`` each micro-batch runs as one of k DDP ranks would: from the
+    step's starting BN running statistics (which the attack's eval-mode forwards read), and the step ends
+    with the first micro-batch's statistics (DDP keeps rank 0's)."""
     seed = epoch_seed(job.train.seed, epoch)
-    torch.manual_seed(seed)  # dropout, PGD random starts
-    gen = torch.Generator().manual_seed(seed + 1)  # λ draws
+    gen = torch.Generator().manual_seed(seed + 1)  # λ draws: the same stream on every rank
     loader.set_epoch(epoch)
-    model.train()
+    stepper.train()
     prog.start_epoch_(epoch)
+    acc = job.train.accumulate
+    no_sync = getattr(stepper, "no_sync", None)
     sums: dict[str, torch.Tensor] = {}
     t0 = time.perf_counter()
     images = 0
@@ -262,19 +363,40 @@ def _train_epoch(job: JobConfig, model: RobustNet, opt: torch.optim.Optimizer, l
             break
         x, y = batch
         i += 1
-        with amp():
-            res = step_fn(model, x, y, gen)
+        lams = draws(gen)
         opt.zero_grad(set_to_none=True)
-        res.loss.backward()
+        start = [t.clone() for t in bn_stats]
+        first: list[torch.Tensor] = []
+        for j, (xm, ym) in enumerate(zip(x.chunk(acc), y.chunk(acc)) if acc > 1 else [(x, y)]):
+            if j == 1:
+                first = [t.clone() for t in bn_stats]
+            if j >= 1:
+                for t, v in zip(bn_stats, start):
+                    t.copy_(v)
+            sync = contextlib.nullcontext() if (no_sync is None or j == acc - 1) else no_sync()
+            # dropout and PGD random starts: seeded by the global micro-batch index, so W workers and
+            # 1 worker with accumulate=W draw the same numbers for the same samples
+            torch.manual_seed((seed + 104_729 * ((i - 1) * dist.world * acc + dist.rank * acc + j)) % (2**63))
+            with sync:
+                with amp():
+                    loss, metrics = stepper(xm, ym, lams[j])
+                (loss / acc if acc > 1 else loss).backward()
+            for k, v in metrics.items():
+                sums[k] = v if k not in sums else sums[k] + v
+        for t, v in zip(bn_stats, first):
+            t.copy_(v)
         opt.step()
-        for k, v in res.metrics.items():
-            sums[k] = v if k not in sums else sums[k] + v
         images += int(y.numel())
         if prog.enabled:
             prog.step(i, float(sums["loss"]) / max(int(sums["n"]), 1), images / (time.perf_counter() - t0))
     seconds = time.perf_counter() - t0
+    keys = sorted(sums)
+    if dist.world > 1 and keys:  # one collective per epoch: the metrics of every rank
+        summed = all_reduce_sum(torch.stack([sums[k].double() for k in keys]), dist)
+        sums = dict(zip(keys, summed.unbind()))
     vals = {k: float(v) for k, v in sums.items()}  # one host sync per epoch
     n = max(vals.get("n", 0.0), 1.0)
+    images *= dist.world
     rec: dict[str, Any] = {"epoch": epoch, "loss": vals.get("loss", 0.0) / n, "seconds": seconds,
                            "images_per_s": images / seconds if seconds else 0.0, "steps": i,
                            "data_wait_s": wait, "data_wait_share": wait / seconds if seconds else 0.0}
@@ -307,12 +429,18 @@ def _val_line(epoch: int, pts: Sequence[Point]) -> str:
 
 def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch.device, out: Path, *,
                amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-               progress: Progress | None = None) -> list[Point]:
-    """The test-split trade-off curve with PGD-<eval.test_steps>: eval.json, tradeoff.png, a table."""
-    loader = data.loader("test", job.eval.batch_size, device=device, limit=job.eval.max_images)
+               progress: Progress | None = None, dist: Dist | None = None) -> list[Point]:
+    """The test-split trade-off curve with PGD-<eval.test_steps>: eval.json, tradeoff.png, a table (on rank 0;
+    under DDP every rank attacks its shard of the test split)."""
+    dist = dist or Dist()
+    loader = data.loader("test", job.eval.batch_size, device=device, limit=job.eval.max_images,
+                         rank=dist.rank, world_size=dist.world)
     attack = PGD.from_config(job.attack, job.eval.test_steps)
     lambdas = job.eval.lambdas or job.lambdas
-    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp)
+    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp,
+                         reduce=(lambda t: all_reduce_sum(t, dist)) if dist.world > 1 else None)
+    if not dist.is_main:
+        return pts
     write_points(pts, out / "eval.json", {"split": "test", "dataset": data.name, "attack_settings":
                                           attack.describe(), "job": job.name})
     plot_tradeoff({job.method.name.upper(): pts}, out / "tradeoff.png", title=f"{job.name} on {data.name} (test)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -75,6 +77,17 @@ def s3_env(s3_server, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     return s3_server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory, oat_cache):
+    """A real two-node Ray cluster on this machine (`ray start --head` on 127.0.0.2, a second node on
+    127.0.0.3), token-authenticated, started once per session; stopped without touching other Rays."""
+    from pipeline.stack import RayCluster
+
+    cluster = RayCluster(Path(tempfile.mkdtemp(prefix="oat-ray-")), nodes=2, cpus_per_node=2).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture

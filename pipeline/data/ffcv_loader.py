@@ -30,7 +30,7 @@ _LOADERS: dict[tuple[Any, ...], Any] = {}
 
 
 def _build(path: Path, batch_size: int, shuffle: bool, drop_last: bool, augment: str | None, device: torch.device,
-           seed: int, distributed: bool, workers: int, limit: int | None, count: int) -> Any:
+           seed: int, distributed: bool, workers: int, limit: int | None, count: int, shard: tuple[int, int]) -> Any:
     import numpy as np
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
@@ -47,7 +47,9 @@ def _build(path: Path, batch_size: int, shuffle: bool, drop_last: bool, augment:
         image.append(ToDevice(device, non_blocking=True))
         label.append(ToDevice(device, non_blocking=True))
     image.append(ToTorchImage(channels_last=True))  # a view: NHWC memory seen as NCHW
-    indices = None if limit is None or limit >= count else np.arange(limit)
+    rank, world = shard
+    n = count if limit is None else min(limit, count)
+    indices = None if n == count and world == 1 else np.arange(n)[rank::world]
     threads = torch.get_num_threads()
     try:
         return Loader(str(path), batch_size=batch_size, num_workers=workers,
@@ -67,9 +69,11 @@ class BetonLoader:
     def __init__(self, path: str | Path, *, batch_size: int, shuffle: bool, drop_last: bool, count: int,
                  augment: str | None = None, scale: float = 255.0, device: torch.device | str = "cpu",
                  seed: int = 0, distributed: bool = False, workers: int = 1, limit: int | None = None,
-                 channels_last: bool = False, key: str = ""):
+                 channels_last: bool = False, key: str = "", shard: tuple[int, int] = (0, 1)):
         """``count``: images in the file; ``key``: what identifies the file's content (its sha256), so a
-        rewritten file never reuses a loader built for the old one."""
+        rewritten file never reuses a loader built for the old one. ``distributed``: this rank's shard of
+        a shuffled order (FFCV's DistributedSampler order); ``shard=(rank, world)``: every world-th image
+        from rank on, in order (evaluation: a disjoint cover with no padding)."""
         if distributed and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError("a distributed FFCV loader needs the process group first")
         self.device = torch.device(device)
@@ -78,7 +82,7 @@ class BetonLoader:
         self.shuffle = shuffle
         self.epoch = 0
         args = (Path(path), batch_size, shuffle, drop_last, augment, self.device, seed, distributed, workers, limit,
-                count)
+                count, shard)
         cache_key = (*args, key, torch.distributed.get_rank() if distributed else 0)
         if cache_key not in _LOADERS:
             _LOADERS[cache_key] = _build(*args)

@@ -54,19 +54,26 @@ class TensorLoader:
         self.epoch = epoch
 
     def _indices(self) -> Tensor:
+        """This rank's samples in order. Shuffled (training), step-aligned: global step s covers the
+        permutation's s-th block of batch_size × world_size and rank r takes the r-th part of it, so
+        1 worker with ``train.accumulate=W`` sees the same step batches as W workers. In order
+        (evaluation), rank r takes every W-th sample: a disjoint cover with no padding."""
         n = int(self.y.numel())
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            idx = torch.randperm(n, generator=g)
-        else:
-            idx = torch.arange(n)
-        if self.world_size > 1:  # each rank a disjoint, equal-sized shard of the same permutation
-            per = n // self.world_size
-            idx = idx[self.rank * per:(self.rank + 1) * per]
-        return idx
+        w, r, b = self.world_size, self.rank, self.batch_size
+        if not self.shuffle:
+            return torch.arange(n)[r::w] if w > 1 else torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        idx = torch.randperm(n, generator=g)
+        if w == 1:
+            return idx
+        full = (n // (b * w)) * b * w
+        mine = idx[:full].view(-1, w, b)[:, r].reshape(-1)
+        if self.drop_last:
+            return mine
+        return torch.cat([mine, idx[full:][r::w]])
 
     def __len__(self) -> int:
-        n = int(self.y.numel()) // self.world_size if self.world_size > 1 else int(self.y.numel())
+        n = len(self._indices()) if self.world_size > 1 else int(self.y.numel())
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:

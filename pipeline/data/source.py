@@ -53,7 +53,8 @@ class DataSource:
                seed: int = 0, rank: int = 0, world_size: int = 1, limit: int | None = None,
                channels_last: bool = False) -> Loader:
         """``train``: shuffled, augmented, last partial batch dropped; otherwise the split in order, whole.
-        ``world_size > 1``: this rank's shard (the FFCV loader takes rank and size from the process group)."""
+        ``world_size > 1``: this rank's shard (the FFCV train loader takes rank and size from the process
+        group; evaluation shards are every world_size-th image, so the counts add up exactly)."""
         raise NotImplementedError
 
 
@@ -90,8 +91,9 @@ class BetonSource(DataSource):
         return BetonLoader(self.prepared.path(split), batch_size=batch_size, shuffle=train, drop_last=train,
                            count=int(entry["count"]), augment=self.augment if train else None,
                            scale=self.prepared.manifest.scale, device=device, seed=seed,
-                           distributed=world_size > 1, workers=self.workers, limit=limit,
-                           channels_last=channels_last, key=str(entry["sha256"]))
+                           distributed=train and world_size > 1, workers=self.workers, limit=limit,
+                           channels_last=channels_last, key=str(entry["sha256"]),
+                           shard=(0, 1) if train else (rank, world_size))
 
 
 def open_data(cfg: DataConfig, *, threads: int | None = None, log: Log = _stderr) -> DataSource:

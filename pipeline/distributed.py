@@ -1,0 +1,202 @@
+"""``oat run``: the job's training loop (:func:`pipeline.train.fit`) inside a Ray Train ``TorchTrainer``.
+
+* ``ScalingConfig`` from the job's ``ray`` section; DDP through Ray's process group (gloo on CPU, NCCL on
+  GPU); each worker reads its shard of the .beton files (FFCV ``distributed=True``).
+* Rank 0 writes the run folder as ``oat train`` does and, after every epoch, reports it (latest.pt,
+  history.json, config.yaml, best/; at the end also final.pt, eval.json, tradeoff.png) as the epoch's Ray
+  checkpoint into ``RunConfig(storage_path, name)``; only rank 0's metrics are kept.
+* A restarted worker group (``FailureConfig(max_failures)``) and a resubmitted job with the same
+  (storage path, name) both start from the last reported checkpoint: every worker copies it into its run
+  folder and ``fit`` resumes from its ``latest.pt``.
+* With ``RAY_ADDRESS`` set (as ``ray job submit`` does) it joins that cluster; otherwise it starts a local
+  Ray, the embedded default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import storage
+from .config import JobConfig, job_from_dict
+
+RUN_FILES = ("latest.pt", "history.json", "config.yaml", "workers.json")
+FINAL_FILES = ("final.pt", "eval.json", "tradeoff.png")
+
+
+@dataclass
+class RunResult:
+    name: str
+    storage: str  # where Ray keeps the run (folder or s3://…)
+    checkpoint: str | None  # the last checkpoint's location
+    out: Path | None  # the local copy of the final run folder
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """An epoch record as flat scalars (Ray keeps rank 0's): val points become val/SA@λ=…,w=… keys."""
+    out = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for p in record.get("val", []):
+        tag = f"λ={p['lambda']:g},w={p['width']:g}"
+        out[f"val/SA@{tag}"] = p["clean_acc"]
+        out[f"val/RA@{tag}"] = p["robust_acc"]
+    return out
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the files are replaced, never rewritten in place: a hard link is a snapshot
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def snapshot(out: Path, final: bool, dest: Path) -> None:
+    """The run folder's files that make up a checkpoint, linked into ``dest``."""
+    for name in RUN_FILES + (FINAL_FILES if final else ()):
+        if (out / name).is_file():
+            _link_or_copy(out / name, dest / name)
+    best = out / "best"
+    if best.is_dir():
+        for f in best.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                _link_or_copy(f, dest / "best" / f.name)
+
+
+def _quiet_reports() -> None:
+    """Ray Train logs every report (all metrics) at INFO under a logger named after its file; our progress
+    lines already say what happened."""
+    try:
+        from ray.train.v2._internal.execution import context
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    except ImportError:  # a Ray without this module: keep its logging as is
+        pass
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: restore the last checkpoint, then the same loop as ``oat train``."""
+    import ray.train
+    import ray.train.torch
+    import ray.util
+    import torch
+
+    from .train import Dist, fit
+
+    _quiet_reports()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    job = job_from_dict(config["job"])
+    if job.train.threads is None:  # Ray sets OMP_NUM_THREADS to the worker's CPUs; FFCV follows torch
+        job.train.threads = max(1, torch.get_num_threads())
+    out = Path(tempfile.mkdtemp(prefix=f"oat-{job.name}-rank{rank}-"))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, out, dirs_exist_ok=True)
+        if rank == 0:
+            print(f"[{config.get('label', job.name)}] restoring the run from checkpoint {ckpt.path}", flush=True)
+
+    def report(record: dict[str, Any], folder: Path, final: bool) -> None:
+        metrics = flat_metrics(record)
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="oat-ckpt-") as tmp:
+            snapshot(folder, final, Path(tmp))
+            name = "final" if final else f"epoch_{int(record.get('epoch', 0)):04d}"
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=name)
+
+    device = ray.train.torch.get_device() if job.ray.use_gpu else torch.device("cpu")
+    where = {"rank": rank, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": str(device),
+             "threads": torch.get_num_threads()}
+    placed: list[Any] = [None] * world
+    torch.distributed.all_gather_object(placed, where)
+    if rank == 0:
+        (out / "workers.json").write_text(json.dumps(placed, indent=1) + "\n")
+    try:
+        fit(job, out, dist=Dist(rank, world, device, report), progress=rank == 0, label=config.get("label", ""))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _storage(path: str | None) -> tuple[str | None, Any]:
+    """RunConfig's (storage_path, storage_filesystem): a folder, or s3://bucket/prefix on the environment's
+    endpoint (pyarrow's S3 filesystem with the environment's keys)."""
+    if path is None:
+        return None, None
+    if not storage.is_s3(path):
+        return str(Path(path).expanduser().resolve()), None
+    import pyarrow.fs
+
+    bucket, key = storage.split_s3(path)
+    ep = storage.endpoint()
+    kw: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if ep:
+        scheme, _, host = ep.partition("://")
+        kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kw.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    storage.exists(storage.join(path, ".probe"))  # fail now, clearly, if the endpoint or bucket is wrong
+    return f"{bucket}/{key}".rstrip("/"), pyarrow.fs.S3FileSystem(**kw)
+
+
+def ray_init(address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr:
+        ray.init(address=addr, logging_level=logging.WARNING)
+    else:  # the embedded default: a local Ray on this machine
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+
+
+def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
+            address: str | None = None, out: str | Path | None = None, label: str = "") -> RunResult:
+    """Run ``job`` on Ray; returns where its checkpoints are and, with ``out``, a local copy of the run."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t0 = time.perf_counter()
+    r = job.ray
+    run_name = name or r.name or job.name
+    spath, fs = _storage(storage_path or r.storage_path)
+    ray_init(address)
+    resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
+    if r.use_gpu:
+        resources["GPU"] = float(r.gpus_per_worker)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"job": job.to_dict(), "label": label or job.name},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=r.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=spath, storage_filesystem=fs,
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep)),
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    ckpt = result.checkpoint
+    local: Path | None = None
+    if ckpt is not None and out is not None:
+        local = Path(out).resolve()
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, local, dirs_exist_ok=True)
+    where = storage_path or r.storage_path or "~/ray_results"
+    return RunResult(run_name, f"{where.rstrip('/')}/{run_name}", ckpt.path if ckpt is not None else None, local,
+                     dict(result.metrics or {}), time.perf_counter() - t0)
