@@ -43,7 +43,7 @@ def env_for(cluster) -> dict[str, str]:
     return {**os.environ, **cluster.env()}
 
 
-def oat_run(cluster, job: Path, storage: Path, out: Path, *extra: str, timeout: float = 600):
+def oat_run(cluster, job: Path, storage: Path | str, out: Path, *extra: str, timeout: float = 600):
     return subprocess.run([str(BIN / "oat"), "run", str(job), "--storage", str(storage), "--out", str(out), *extra],
                           env=env_for(cluster), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
@@ -150,3 +150,22 @@ def test_oat_submit_follows_the_logs(ray_cluster, tmp_path):
     bad = subprocess.run([str(BIN / "oat"), "submit", "jobs/demo.yaml", "--address", "http://127.0.0.1:9"],
                          env=env_for(ray_cluster), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot reach Ray's job API at http://127.0.0.1:9" in bad.stderr
+
+
+def test_s3_storage_and_resubmission_resume(ray_cluster, s3_env, tmp_path):
+    """Checkpoints in S3 (the session's SeaweedFS); submitting the finished job again with the same storage
+    and name restores its last checkpoint instead of training again."""
+    from pipeline import storage
+
+    job = ray_job(tmp_path, "s3run", train={"epochs": 2, "max_steps_per_epoch": 3}, eval={"test_steps": 2})
+    first = oat_run(ray_cluster, job, "s3://oat/ray-runs", tmp_path / "out1")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    keys = {o["Key"] for o in storage.client().list_objects_v2(Bucket="oat", Prefix="ray-runs/s3run/")["Contents"]}
+    assert "ray-runs/s3run/final/final.pt" in keys and "ray-runs/s3run/final/eval.json" in keys
+    again = oat_run(ray_cluster, job, "s3://oat/ray-runs", tmp_path / "out2")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "restoring the run from checkpoint oat/ray-runs/s3run/final" in again.stdout + again.stderr
+    assert "epoch 1/2" not in again.stdout + again.stderr  # nothing trained again
+    a, b = params(tmp_path / "out1" / "final.pt"), params(tmp_path / "out2" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(json.loads((tmp_path / "out2" / "history.json").read_text())) == 2
