@@ -185,15 +185,20 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_ray_job_args(p: argparse.ArgumentParser) -> None:
+    """What `oat run` and `oat submit` share (submit passes them on to `oat run`)."""
+    p.add_argument("job", help="job YAML inside this folder (jobs/*.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--name", help="run name under the storage path (default: ray.name, else the job's name)")
+    p.add_argument("--storage", help="folder every node sees, or s3://bucket/prefix (default: ray.storage_path)")
+
+
 def _add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a job with Ray Train (DDP workers, checkpoints, restarts)",
                        description="Run JOB.yaml as a Ray Train TorchTrainer. With RAY_ADDRESS (or --address) it "
                                    "joins that cluster; otherwise it starts a local Ray. Rerunning with the same "
                                    "name and storage resumes from the last checkpoint.")
-    p.add_argument("job", help="job YAML (jobs/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--name", help="run name under the storage path (default: ray.name, else the job's name)")
-    p.add_argument("--storage", help="folder every node sees, or s3://bucket/prefix (default: ray.storage_path)")
+    _add_ray_job_args(p)
     p.add_argument("--out", help="local copy of the final run folder (default: runs/<name>; none inside a "
                                  "submitted Ray job, whose working dir is temporary)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
@@ -210,12 +215,9 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
                        description="Submit `oat run JOB` through Ray's job submission API with this folder as the "
                                    "working dir (without data, runs or checkpoints). The plain equivalent: "
                                    "ray job submit --address http://HEAD:8265 --working-dir . -- oat run JOB")
-    p.add_argument("job", help="job YAML inside this folder (jobs/*.yaml)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_ray_job_args(p)
     p.add_argument("--address", help="the dashboard's URL, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)")
     p.add_argument("--no-wait", action="store_true", help="print the submission id and return")
-    p.add_argument("--name", help="run name (passed to oat run)")
-    p.add_argument("--storage", help="storage path (passed to oat run)")
 
 
 def cmd_data_prepare(a: argparse.Namespace) -> int:
