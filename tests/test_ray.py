@@ -113,8 +113,10 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, baseline
     killed = None
     while time.monotonic() < deadline and proc.poll() is None:
         placed = store / "baseline" / "epoch_0001" / "workers.json"
-        if placed.is_file():  # the checkpoint names this run's worker processes
-            killed = json.loads(placed.read_text())[1]["pid"]
+        snapshot = store / "baseline" / "checkpoint_manager_snapshot.json"
+        # kill once Ray has registered epoch 1's checkpoint (its folder appears a little before that)
+        if placed.is_file() and snapshot.is_file() and "epoch_0001" in snapshot.read_text(errors="replace"):
+            killed = json.loads(placed.read_text())[1]["pid"]  # the checkpoint names this run's workers
             os.kill(killed, signal.SIGKILL)
             break
         time.sleep(0.1)
