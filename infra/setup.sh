@@ -12,18 +12,23 @@ stamp_of() {  # what the installed environment must match
     | sha256sum | cut -c1-16
 }
 
-# --- system packages for FFCV: libjpeg-turbo and OpenCV core/imgproc (headers to build, libraries to run) ---
+# --- system packages: for FFCV libjpeg-turbo and OpenCV core/imgproc (headers to build, libraries to run);
+#     for the tests, headless Chromium (it renders the MLflow UI) and a font for its text ---
 missing=()
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 [ -f /usr/include/turbojpeg.h ] || missing+=(libturbojpeg0-dev)
 [ -f /usr/include/opencv4/opencv2/core.hpp ] || missing+=(libopencv-core-dev)
 [ -f /usr/include/opencv4/opencv2/imgproc.hpp ] || missing+=(libopencv-imgproc-dev)
+if [ -z "${OAT_NO_BROWSER:-}" ]; then
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  [ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "[setup] installing system packages for FFCV: ${missing[*]}"
+  echo "[setup] installing system packages: ${missing[*]}"
   if [ "$(id -u)" -eq 0 ]; then SUDO=""
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo"
   else
-    echo "[setup] error: FFCV needs these Debian packages and this user cannot install them:" >&2
+    echo "[setup] error: the pipeline needs these Debian packages and this user cannot install them:" >&2
     echo "          sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
   fi

@@ -7,6 +7,9 @@
     oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
     oat run JOB.yaml [--set k=v ...] [--name N] [--storage PATH] [--out DIR]      (Ray Train)
     oat submit JOB.yaml [--address http://HEAD:8265] [--no-wait]                  (Ray job API)
+    oat stack up | down | status | env                                           (local S3 + MLflow + Ray)
+    oat track sync RUN_DIR                                  (deliver MLflow events kept while it was down)
+    train / run / submit take --mlflow [URI]: track the run in MLflow
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="start over even if OUT holds a latest.pt")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    _add_mlflow_arg(p)
     g = p.add_argument_group("official OAT.py / PGDAT.py flags")
     g.add_argument("--method", choices=["oat", "oats", "pgdat"])
     g.add_argument("--dataset", "--ds", dest="ds", choices=["cifar10", "svhn", "stl10", "digits"])
@@ -92,11 +96,23 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--steps", type=int)
 
 
+def _mlflow_overrides(a: argparse.Namespace) -> list[str]:
+    """``--mlflow [URI]``: tracking on (URI, else $MLFLOW_TRACKING_URI, else the local store)."""
+    if a.mlflow is None:
+        return []
+    return ["tracking.enabled=true"] + ([f"tracking.uri={a.mlflow}"] if a.mlflow else [])
+
+
+def _add_mlflow_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="track the run in MLflow (URI, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import load_job
     from .train import fit
 
-    job = load_job(a.job, [*legacy_overrides(a), *a.overrides])
+    job = load_job(a.job, [*legacy_overrides(a), *a.overrides, *_mlflow_overrides(a)])
     out = Path(a.out or Path("runs") / job.name)
     fit(job, out, resume=not a.fresh, progress=not a.quiet, final_test=not a.no_test)
     return 0
@@ -174,7 +190,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .distributed import run_job
     from .evaluate import points_table, read_points
 
-    job = load_job(a.job, a.overrides)
+    job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
     submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job's working dir is temporary: no copy
     out = Path(a.out) if a.out else (None if submitted else Path("runs") / (a.name or job.ray.name or job.name))
     res = run_job(job, name=a.name, storage_path=a.storage, address=a.address, out=out)
@@ -191,6 +207,7 @@ def _add_ray_job_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--name", help="run name under the storage path (default: ray.name, else the job's name)")
     p.add_argument("--storage", help="folder every node sees, or s3://bucket/prefix (default: ray.storage_path)")
+    _add_mlflow_arg(p)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -207,7 +224,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit
 
-    return submit(a.job, a.overrides, address=a.address, wait=not a.no_wait, name=a.name, storage=a.storage)
+    return submit(a.job, [*a.overrides, *_mlflow_overrides(a)], address=a.address, wait=not a.no_wait, name=a.name,
+                  storage=a.storage)
 
 
 def _add_submit(sub: argparse._SubParsersAction) -> None:
@@ -250,6 +268,34 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=int, help="writer processes (default: the CPUs available)")
 
 
+def cmd_stack(a: argparse.Namespace) -> int:
+    from .localstack import main as stack_main
+
+    return stack_main(a.action, a.root, a.env_file)
+
+
+def cmd_track(a: argparse.Namespace) -> int:
+    from .tracking import sync
+
+    left = sync(a.run_dir, timeout=a.timeout)
+    print(f"{a.run_dir}: " + (f"{left} events still undelivered (is the server up?)" if left else "all delivered"))
+    return 1 if left else 0
+
+
+def _add_stack_track(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stack", help="the local stack: S3 (SeaweedFS), MLflow server, Ray head",
+                       description="Start, stop or inspect the local stack on this machine (by pid). Settings and "
+                                   "S3 keys: infra/local/stack.env, created on first `up`.")
+    p.add_argument("action", choices=["up", "down", "status", "env"])
+    p.add_argument("--root", help="data, logs and pids (default: $OAT_STACK_DIR, else .oat-stack)")
+    p.add_argument("--env-file", help="settings file (default: infra/local/stack.env)")
+    t = sub.add_parser("track", help="MLflow tracking maintenance")
+    tsub = t.add_subparsers(dest="track_command", required=True)
+    q = tsub.add_parser("sync", help="deliver what a run folder's tracking outbox still holds")
+    q.add_argument("run_dir")
+    q.add_argument("--timeout", type=float, default=600.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oat", description="Once-for-All Adversarial Training pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -258,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_run(sub)
     _add_submit(sub)
+    _add_stack_track(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--lambdas", type=float, nargs="+", help="λ values to compare (default: the job's list)")
@@ -271,14 +318,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .stack import StackError
     from .storage import StorageError
     from .submit import SubmitError
+    from .tracking import TrackingError
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare,
-                "run": cmd_run, "submit": cmd_submit}
+                "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, StackError, TrackingError,
+            FileNotFoundError) as exc:
         print(f"oat: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # e.g. an untrained λ or width

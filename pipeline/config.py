@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -125,9 +126,17 @@ class EvalConfig:
 
 @dataclass
 class TrackingConfig:
+    """MLflow tracking (rank 0 of every run; see pipeline/tracking.py)."""
+
     enabled: bool = False
-    uri: str | None = None
+    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local store (sqlite:///mlflow.db)
     experiment: str = "oat"
+    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) as system/… metrics
+    system_metrics_interval: float = 10.0  # seconds between samples
+    register: bool | None = None  # register the final model (pyfunc serving λ); None: OAT/OATS yes, PGDAT no
+    model_name: str | None = None  # registered model name; None: the job's name
+    alias: str = "champion"  # alias set on the newly registered version (models:/NAME@ALIAS)
+    flush_timeout_s: float = 120.0  # at the end, wait this long for undelivered metrics and artifacts
 
 
 @dataclass
@@ -199,6 +208,10 @@ class JobConfig:
             self.eval.widths = list(m.widths)
         if self.eval.val_steps is None:
             self.eval.val_steps = self.attack.steps
+        if self.tracking.register is None:
+            self.tracking.register = self.method.name != "pgdat"
+        if self.tracking.model_name is None:
+            self.tracking.model_name = self.name
         self._check()
         return self
 
@@ -260,6 +273,14 @@ class JobConfig:
         for i, w in enumerate(self.eval.widths):
             if w not in m.widths:
                 fail(f"eval.widths[{i}]", f"{w} is not a trained width; allowed: {m.widths}")
+        t = self.tracking
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
+            fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")
+        if t.system_metrics_interval <= 0 or t.flush_timeout_s < 0:
+            fail("tracking.system_metrics_interval" if t.system_metrics_interval <= 0 else "tracking.flush_timeout_s",
+                 "must be > 0 (flush_timeout_s: >= 0)")
+        if not t.experiment.strip():
+            fail("tracking.experiment", "must not be empty")
         if m.backbone == "resnet" and not m.blocks:
             fail("model.blocks", "backbone 'resnet' needs blocks, e.g. [2, 2, 2, 2]")
         if m.backbone == "wrn" and (m.depth is None or (m.depth - 4) % 6 != 0):

@@ -5,6 +5,8 @@
 * Rank 0 writes the run folder as ``oat train`` does and, after every epoch, reports it (latest.pt,
   history.json, config.yaml, best/; at the end also final.pt, eval.json, tradeoff.png) as the epoch's Ray
   checkpoint into ``RunConfig(storage_path, name)``; only rank 0's metrics are kept.
+* With ``tracking.enabled`` the driver begins the MLflow run (one clear error before Ray starts anything) and
+  rank 0 reports to it; the tracking outbox travels in the checkpoints, so a restart delivers what was left.
 * A restarted worker group (``FailureConfig(max_failures)``) and a resubmitted job with the same
   (storage path, name) both start from the last reported checkpoint: every worker copies it into its run
   folder and ``fit`` resumes from its ``latest.pt``.
@@ -24,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import storage
+from . import storage, tracking
 from .config import JobConfig, job_from_dict
+from .tracking import RunInfo
 
 RUN_FILES = ("latest.pt", "history.json", "config.yaml", "workers.json")
 FINAL_FILES = ("final.pt", "eval.json", "tradeoff.png")
@@ -60,15 +63,22 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def snapshot(out: Path, final: bool, dest: Path) -> None:
-    """The run folder's files that make up a checkpoint, linked into ``dest``."""
+    """The run folder's files that make up a checkpoint, linked into ``dest`` (the tracking outbox, which is
+    appended to in place, is copied)."""
     for name in RUN_FILES + (FINAL_FILES if final else ()):
         if (out / name).is_file():
             _link_or_copy(out / name, dest / name)
-    best = out / "best"
-    if best.is_dir():
-        for f in best.iterdir():
+    for folder in ("best", "tracking"):
+        if not (out / folder).is_dir():
+            continue
+        for f in (out / folder).rglob("*"):
             if f.is_file() and not f.name.startswith("."):
-                _link_or_copy(f, dest / "best" / f.name)
+                target = dest / f.relative_to(out)
+                if folder == "tracking" and f.parent == out / folder:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target)
+                else:
+                    _link_or_copy(f, target)
 
 
 def _quiet_reports() -> None:
@@ -123,8 +133,10 @@ def _worker(config: dict[str, Any]) -> None:
     torch.distributed.all_gather_object(placed, where)
     if rank == 0:
         (out / "workers.json").write_text(json.dumps(placed, indent=1) + "\n")
+    info = RunInfo.from_dict(config["tracking"]) if config.get("tracking") else None
     try:
-        fit(job, out, dist=Dist(rank, world, device, report), progress=rank == 0, label=config.get("label", ""))
+        fit(job, out, dist=Dist(rank, world, device, report), progress=rank == 0, label=config.get("label", ""),
+            tracking=info)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -172,13 +184,21 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     r = job.ray
     run_name = name or r.name or job.name
     spath, fs = _storage(storage_path or r.storage_path)
+    info = None
+    if job.tracking.enabled:  # before Ray starts anything: a bad URI or store fails here, clearly
+        job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
+        info = tracking.begin(job, where=f"ray:{storage_path or r.storage_path or '~/ray_results'}/{run_name}",
+                              run_name=run_name, source="oat run")
+        print(f"[tracking] MLflow run '{run_name}' ({'continues' if info.resumed else 'new'}, id "
+              f"{info.run_id[:12]}) at {tracking.redact(info.uri)}", flush=True)
     ray_init(address)
     resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
         resources["GPU"] = float(r.gpus_per_worker)
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"job": job.to_dict(), "label": label or job.name},
+        train_loop_config={"job": job.to_dict(), "label": label or job.name,
+                           "tracking": info.to_dict() if info else None},
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                                resources_per_worker=resources,
                                                placement_strategy=r.placement_strategy),

@@ -1,8 +1,10 @@
-"""The local S3-compatible store (SeaweedFS ``weed mini``) on loopback, for tests and a single machine.
+"""The real services on loopback, for tests and for ``oat stack`` on one machine.
 
-Every port is explicit and bound to 127.0.0.1, telemetry is off, and the identities file (``s3.json``,
-mode 0600, in the data folder) makes the server refuse any other key. Stop it with SIGINT (a few seconds;
-SIGTERM takes about 30).
+* :class:`S3Server`: SeaweedFS ``weed mini``. Every port is explicit and bound to 127.0.0.1, telemetry is off,
+  and the identities file (``s3.json``, mode 0600, in the data folder) makes the server refuse any other key.
+  Stop it with SIGINT (a few seconds; SIGTERM takes about 30).
+* :class:`MlflowServer`: ``mlflow server`` with a SQLite backend and proxied artifacts in S3.
+* :class:`RayCluster`: ``ray start`` head (+ nodes) on 127.0.0.2, .3, … with token authentication.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class S3Server:
     buckets: tuple[str, ...] = ("oat",)
     access_key: str = field(default_factory=lambda: "oat" + secrets.token_hex(6))
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
+    log: Path | None = None  # default: root/weed.log
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -100,7 +103,9 @@ class S3Server:
                 f"-s3.config={self._write_identities()}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 f"-bucket={','.join(self.buckets)}", *(f"-{k}={v}" for k, v in ports.items())]
         (self.root / "data").mkdir(exist_ok=True)
-        log = open(self.root / "weed.log", "ab")  # noqa: SIM115 - the server keeps writing to it
+        self.log = self.log or self.root / "weed.log"
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")  # noqa: SIM115 - the server keeps writing to it
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True)
         log.close()
@@ -119,7 +124,7 @@ class S3Server:
         last = ""
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                tail = (self.root / "weed.log").read_text(errors="replace")[-2000:]
+                tail = Path(self.log or self.root / "weed.log").read_text(errors="replace")[-2000:]
                 raise StackError(f"SeaweedFS exited with code {self.proc.returncode}; log tail:\n{tail}")
             try:
                 names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
@@ -227,3 +232,112 @@ class RayCluster:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
         psutil.wait_procs(alive, timeout=10)
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:  # noqa: S310 - loopback health URL
+            return 200 <= r.status < 300
+    except Exception:  # noqa: BLE001 - down, starting, refused: all "not healthy"
+        return False
+
+
+def mlflow_binary() -> str:
+    here = Path(sys.executable).parent / "mlflow"
+    found = str(here) if here.is_file() else shutil.which("mlflow")
+    if not found:
+        raise StackError("the 'mlflow' command is not installed: run infra/setup.sh")
+    return found
+
+
+@dataclass
+class MlflowServer:
+    """``mlflow server`` with a SQLite backend in ``root`` and proxied artifacts in S3 (``s3_env`` holds the
+    object store's endpoint and keys: they go to the server's environment only, so clients need none)."""
+
+    root: Path
+    s3_env: dict[str, str] = field(repr=False)
+    port: int = 5000
+    host: str = "127.0.0.1"
+    artifacts_destination: str = "s3://mlflow/artifacts"
+    log: Path | None = None  # default: root/mlflow.log
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def uri(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def healthy(self) -> bool:
+        return _http_ok(f"{self.uri}/health")
+
+    def command(self) -> list[str]:
+        return [mlflow_binary(), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination", self.artifacts_destination, "--host", self.host, "--port",
+                str(self.port), "--workers", "1"]
+
+    def environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
+        s3 = self.s3_env
+        env.update({"MLFLOW_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+                    "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+                    "AWS_DEFAULT_REGION": s3.get("AWS_DEFAULT_REGION", "us-east-1"),
+                    # without this the server starts 7 job-runner processes (about 2 GB)
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        return env
+
+    def start(self, timeout: float = 120.0) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        if _port_open(self.host, self.port):
+            raise StackError(f"port {self.port} on {self.host} is already in use: pick another MLflow port")
+        log_path = self.log or self.root / "mlflow.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - the server keeps writing to it
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=self.environment(), cwd=self.root, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise StackError(f"mlflow server exited with code {self.proc.returncode}; log tail:\n{tail}")
+            if self.healthy():
+                return self
+            time.sleep(0.5)
+        self.stop()
+        raise StackError(f"mlflow server on {self.uri} did not answer /health within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        stop_group(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def stop_group(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Signal the process group led by ``pid`` (our servers start in their own session), then SIGKILL it
+    if it is still there after ``timeout`` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            break
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)

@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-EXCLUDES = [".venv/", "runs/", "data/", "*.beton", "*.pt", ".git/", "__pycache__/", ".*_cache/"]
+EXCLUDES = [".venv/", "runs/", "data/", "*.beton", "*.pt", ".git/", "__pycache__/", ".*_cache/", ".oat-stack/",
+            "mlruns/", "mlartifacts/", "mlflow.db", "*.env"]  # *.env: infra/local/stack.env holds keys
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 
@@ -70,8 +71,14 @@ def submit(job: str, overrides: Sequence[str] = (), *, address: str | None = Non
     except Exception as exc:  # noqa: BLE001 - ConnectionError, ValueError... all mean "no job API there"
         raise SubmitError(f"cannot reach Ray's job API at {addr} ({type(exc).__name__}): is the head node's "
                           "dashboard running? (ray start --head --include-dashboard=true)") from None
+    from .tracking import git_commit, redact
+
+    env = {"OAT_GIT_COMMIT": commit} if (commit := git_commit()) else {}  # the job's copy has no .git
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri and redact(uri) == uri:  # a plain URI is no secret; one with user:password@ is not sent
+        env["MLFLOW_TRACKING_URI"] = uri
     sid = client.submit_job(entrypoint=entrypoint(rel, overrides, name, storage),
-                            runtime_env={"working_dir": ".", "excludes": EXCLUDES})
+                            runtime_env={"working_dir": ".", "excludes": EXCLUDES, "env_vars": env})
     print(f"submitted {sid} to {addr}: {entrypoint(rel, overrides, name, storage)}", flush=True)
     if not wait:
         print(f"follow it with: ray job logs --address {addr} --follow {sid}")

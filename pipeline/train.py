@@ -12,6 +12,7 @@ Output folder::
     best/            best weights per (λ, width) by the validation objective (1-λ)·SA + λ·RA
     history.json     one record per epoch (loss, accuracies, lr, throughput, validation points)
     eval.json        test-split trade-off curve (PGD-<eval.test_steps>), tradeoff.png its plot
+    tracking/        with tracking on: the MLflow outbox (what is not yet delivered survives a crash)
 
 Under DDP (:class:`Dist`, set up by :mod:`pipeline.distributed`) ``train.batch_size`` is the global batch:
 each rank takes its share of every step's batch and of every λ draw, the method's loss runs inside one
@@ -41,6 +42,7 @@ from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, read_p
 from .methods import LambdaSampler, oat_step, oats_step, pgdat_step
 from .models import ModelSpec, RobustNet, build_model, spec_from_job
 from .progress import Progress, fmt_duration
+from .tracking import RunInfo, Tracker, finish_tracking, start_tracker, write_encoding
 
 EpochCallback = Callable[[dict[str, Any]], None]
 
@@ -219,13 +221,28 @@ def _check_resumable(ckpt: dict[str, Any], model: RobustNet, job: JobConfig, pat
 
 def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: bool = True,
         callbacks: Sequence[EpochCallback] = (), final_test: bool = True, label: str = "",
-        dist: Dist | None = None) -> TrainResult:
-    """Train ``job`` into ``out_dir`` (resuming from its ``latest.pt`` when there is one)."""
-    t_start = time.perf_counter()
+        dist: Dist | None = None, tracking: RunInfo | None = None) -> TrainResult:
+    """Train ``job`` into ``out_dir`` (resuming from its ``latest.pt`` when there is one).
+
+    With ``tracking.enabled`` rank 0 reports to MLflow (:mod:`pipeline.tracking`): ``tracking`` is the run
+    the launcher began (``oat run``); without it the run is begun here, before any training."""
     dist = dist or Dist()
-    main = dist.is_main
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tracker = start_tracker(job, out, info=tracking, resume=resume) if dist.is_main else None
+    try:
+        return _fit(job, out, resume=resume, progress=progress, callbacks=callbacks, final_test=final_test,
+                    label=label, dist=dist, tracker=tracker)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", timeout=10)
+        raise
+
+
+def _fit(job: JobConfig, out: Path, *, resume: bool, progress: bool, callbacks: Sequence[EpochCallback],
+         final_test: bool, label: str, dist: Dist, tracker: Tracker | None) -> TrainResult:
+    t_start = time.perf_counter()
+    main = dist.is_main
     if job.train.threads:
         torch.set_num_threads(job.train.threads)
     device = dist.device or resolve_device(job.train.device)
@@ -236,6 +253,8 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
         atomic_write_text(job.to_yaml(), out / "config.yaml")
 
     data, model = _prepare(job, device)
+    if tracker is not None and not (out / "encoding.json").is_file():
+        tracker.log_artifact(write_encoding(model, out / "encoding.json"))
     opt, sched = build_optimizer(job, model)
     history: list[dict[str, Any]] = []
     best = BestKeeper(out / "best")
@@ -296,6 +315,8 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
             atomic_save(model_checkpoint(model, job, epoch, kind="train", optimizer=opt.state_dict(),
                                          scheduler=sched.state_dict(), history=history, best=best.index), latest)
             atomic_write_text(json.dumps(history, indent=1) + "\n", out / "history.json")
+        if tracker is not None:
+            tracker.log_epoch(record)
         if dist.report is not None and epoch < tcfg.epochs - 1:
             dist.report(record, out, False)
         for cb in callbacks:
@@ -311,6 +332,8 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
             result.test_points = read_points(out / "eval.json")  # a finished run, resubmitted
         else:
             result.test_points = test_model(model, job, data, device, out, amp=amp, progress=prog, dist=dist)
+    if tracker is not None:  # before the last report, so that Ray's final checkpoint holds the delivered outbox
+        finish_tracking(tracker, job, out, result.test_points, tcfg.epochs)
     if dist.report is not None:  # the last epoch's checkpoint: with final.pt (and the test curve)
         dist.report(history[-1] if history else {}, out, True)
     result.seconds = time.perf_counter() - t_start

@@ -93,3 +93,27 @@ def ray_cluster(tmp_path_factory, oat_cache):
 @pytest.fixture
 def job_factory():
     return tiny_job
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The real local stack (`oat stack up`): SeaweedFS S3, an MLflow server with a SQLite backend and proxied
+    artifacts in S3, a Ray head; free ports, fresh keys, its own folder; `down` at the end of the session."""
+    from pipeline.localstack import DEFAULTS, LocalStack, ensure_env_file
+    from pipeline.stack import free_ports
+
+    root = Path(tempfile.mkdtemp(prefix="oat-stack-"))  # short: Ray's socket paths have a length limit
+    env_file = root / "stack.env"
+    keys = ensure_env_file(env_file)
+    ports = dict(zip(["OAT_S3_PORT", "OAT_MLFLOW_PORT", "OAT_RAY_PORT", "OAT_RAY_DASHBOARD_PORT"], free_ports(4)))
+    lines = [f"{k}={v}" for k, v in {**DEFAULTS, **keys, **ports}.items()]
+    env_file.write_text("\n".join(lines) + "\n")
+    st = LocalStack(root, env_file)
+    st.up()
+    yield st
+    st.down()
+
+
+@pytest.fixture(scope="session")
+def mlflow_uri(stack):
+    return stack.mlflow().uri
