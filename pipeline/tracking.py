@@ -109,7 +109,13 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 def resolve_uri(uri: str | None) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a local store (``sqlite:///mlflow.db`` here)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = "sqlite:///mlflow.db"
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # a submitted job's working dir is temporary
+            print("[tracking] warning: no tracking.uri and no MLFLOW_TRACKING_URI: tracking into mlflow.db in the "
+                  "job's temporary working dir; set MLFLOW_TRACKING_URI to the cluster's MLflow server",
+                  file=sys.stderr, flush=True)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())  # the same file from any cwd
     return uri
