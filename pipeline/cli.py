@@ -7,6 +7,8 @@
     oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
     oat run JOB.yaml [--set k=v ...] [--name N] [--storage PATH] [--out DIR]      (Ray Train)
     oat submit JOB.yaml [--address http://HEAD:8265] [--no-wait]                  (Ray job API)
+    oat sweep JOB.yaml [--set k=v ...] [--name N] [--storage PATH]      (Ray Tune: PGDAT per fixed λ)
+    oat compare OAT_RUN_DIR SWEEP_DIR [--mlflow [URI]]          (table, plot, compute cost; MLflow run)
     oat stack up | down | status | env                                           (local S3 + MLflow + Ray)
     oat track sync RUN_DIR                                  (deliver MLflow events kept while it was down)
     train / run / submit take --mlflow [URI]: track the run in MLflow
@@ -221,6 +223,46 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
 
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from .config import load_job
+    from .sweep import run_sweep
+
+    job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
+    res = run_sweep(job, name=a.name, storage_path=a.storage, address=a.address, out=a.out)
+    print(f"sweep {res.name}: {len(res.trials)} dedicated models; summary in {res.out / 'sweep.json'} "
+          f"({res.seconds:.0f} s)")
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="Ray Tune: one dedicated PGDAT model per fixed λ (the baselines)",
+                       description="Train the job's dedicated PGDAT baselines, one Ray Tune trial per λ of "
+                                   "sweep.lambdas (default: method.lambda_choices), each a Ray Train run. "
+                                   "Rerunning with the same name and storage resumes the sweep.")
+    _add_ray_job_args(p)
+    p.add_argument("--out", help="local summary folder (default: runs/<sweep name>)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from .compare import compare
+
+    compare(a.oat, a.sweep, out=a.out, mlflow_uri=a.mlflow, experiment=a.experiment)
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="OAT/OATS against the dedicated sweep: table, plot, compute cost",
+                       description="Compare an OAT/OATS run folder (eval.json, history.json) with a sweep folder "
+                                   "(sweep.json): SA and RA per λ (and width), the differences, the trade-off "
+                                   "plot, and the training cost in worker-seconds.")
+    p.add_argument("oat", help="the OAT/OATS run folder (oat train --out, or oat run's local copy)")
+    p.add_argument("sweep", help="the sweep folder (oat sweep --out; holds sweep.json)")
+    p.add_argument("--out", help="where compare.json, compare.txt and compare.png go (default: the sweep folder)")
+    _add_mlflow_arg(p)
+    p.add_argument("--experiment", default="oat", help="MLflow experiment of the comparison run")
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit
 
@@ -304,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_run(sub)
     _add_submit(sub)
+    _add_sweep(sub)
+    _add_compare(sub)
     _add_stack_track(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
@@ -324,7 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .tracking import TrackingError
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare,
-                "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track}
+                "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track, "sweep": cmd_sweep,
+                "compare": cmd_compare}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, StackError, TrackingError,

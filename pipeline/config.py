@@ -155,6 +155,16 @@ class RayConfig:
 
 
 @dataclass
+class SweepConfig:
+    """``oat sweep``: the dedicated PGDAT baselines, one Ray Tune trial per fixed λ (other sections as the job)."""
+
+    lambdas: list[float] | None = None  # None: method.lambda_choices (the OAT job's list)
+    max_concurrent_trials: int = 2
+    max_failures: int = 1  # retries of a failed trial (-1: without limit)
+    name: str | None = None  # the sweep's name under ray.storage_path (None: <job name>_sweep); same name = resume
+
+
+@dataclass
 class JobConfig:
     name: str = "oat"
     description: str = ""
@@ -167,6 +177,7 @@ class JobConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -273,6 +284,14 @@ class JobConfig:
         for i, w in enumerate(self.eval.widths):
             if w not in m.widths:
                 fail(f"eval.widths[{i}]", f"{w} is not a trained width; allowed: {m.widths}")
+        sw = self.sweep
+        for i, lam in enumerate(sw.lambdas or []):
+            if not 0.0 <= lam <= 1.0:
+                fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
+        if sw.max_concurrent_trials < 1:
+            fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
+        if sw.max_failures < -1:
+            fail("sweep.max_failures", f"{sw.max_failures} must be >= -1 (-1: retry without limit)")
         t = self.tracking
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
             fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")

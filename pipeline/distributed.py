@@ -174,24 +174,25 @@ def ray_init(address: str | None = None) -> None:
         ray.init(include_dashboard=False, logging_level=logging.WARNING)
 
 
-def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
-            address: str | None = None, out: str | Path | None = None, label: str = "") -> RunResult:
-    """Run ``job`` on Ray; returns where its checkpoints are and, with ``out``, a local copy of the run."""
+def begin_tracking(job: JobConfig, run_name: str, where: str, *, source: str = "oat run",
+                   tags: dict[str, str] | None = None) -> RunInfo | None:
+    """The MLflow run of a Ray run, begun by its driver before Ray starts anything (None: tracking off)."""
+    if not job.tracking.enabled:
+        return None
+    job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
+    info = tracking.begin(job, where=f"ray:{where}/{run_name}", run_name=run_name, source=source, tags=tags)
+    print(f"[tracking] MLflow run '{run_name}' ({'continues' if info.resumed else 'new'}, id "
+          f"{info.run_id[:12]}) at {tracking.redact(info.uri)}", flush=True)
+    return info
+
+
+def fit_trainer(job: JobConfig, run_name: str, spath: str | None, fs: Any, info: RunInfo | None, label: str,
+                callbacks: list[Any] | None = None) -> Any:
+    """Build and fit the job's ``TorchTrainer``; returns Ray's ``Result`` (raises the run's error)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    t0 = time.perf_counter()
     r = job.ray
-    run_name = name or r.name or job.name
-    spath, fs = _storage(storage_path or r.storage_path)
-    info = None
-    if job.tracking.enabled:  # before Ray starts anything: a bad URI or store fails here, clearly
-        job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
-        info = tracking.begin(job, where=f"ray:{storage_path or r.storage_path or '~/ray_results'}/{run_name}",
-                              run_name=run_name, source="oat run")
-        print(f"[tracking] MLflow run '{run_name}' ({'continues' if info.resumed else 'new'}, id "
-              f"{info.run_id[:12]}) at {tracking.redact(info.uri)}", flush=True)
-    ray_init(address)
     resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
         resources["GPU"] = float(r.gpus_per_worker)
@@ -203,7 +204,7 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
                                                resources_per_worker=resources,
                                                placement_strategy=r.placement_strategy),
         run_config=ray.train.RunConfig(
-            name=run_name, storage_path=spath, storage_filesystem=fs,
+            name=run_name, storage_path=spath, storage_filesystem=fs, callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep)),
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
@@ -211,12 +212,25 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    return result
+
+
+def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
+            address: str | None = None, out: str | Path | None = None, label: str = "") -> RunResult:
+    """Run ``job`` on Ray; returns where its checkpoints are and, with ``out``, a local copy of the run."""
+    t0 = time.perf_counter()
+    r = job.ray
+    run_name = name or r.name or job.name
+    where = storage_path or r.storage_path or "~/ray_results"
+    spath, fs = _storage(storage_path or r.storage_path)
+    info = begin_tracking(job, run_name, where)  # before Ray starts anything: a bad URI or store fails here
+    ray_init(address)
+    result = fit_trainer(job, run_name, spath, fs, info, label)
     ckpt = result.checkpoint
     local: Path | None = None
     if ckpt is not None and out is not None:
         local = Path(out).resolve()
         with ckpt.as_directory() as d:
             shutil.copytree(d, local, dirs_exist_ok=True)
-    where = storage_path or r.storage_path or "~/ray_results"
     return RunResult(run_name, f"{where.rstrip('/')}/{run_name}", ckpt.path if ckpt is not None else None, local,
                      dict(result.metrics or {}), time.perf_counter() - t0)

@@ -180,7 +180,8 @@ def run_key(job: JobConfig, where: str) -> str:
 
 
 def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: bool = False,
-          source: str = "oat train", config_text: str | None = None) -> RunInfo:
+          source: str = "oat train", config_text: str | None = None, tags: Mapping[str, str] | None = None
+          ) -> RunInfo:
     """Find or create this job's MLflow run and prove the server and its artifact store take writes.
 
     ``where`` names the job's state (its run folder, or Ray's storage/name): the same job in the same place
@@ -209,13 +210,14 @@ def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: boo
             run_id = found[0].info.run_id
             client.update_run(run_id, status="RUNNING")
         else:
-            tags = {"oat_run_key": key, "oat_run_where": redact(where), "method": job.method.name,
+            run_tags = {"oat_run_key": key, "oat_run_where": redact(where), "method": job.method.name,
                     "backbone": str(job.model.backbone), "dataset": job.data.dataset, "mlflow.user": getpass.getuser(),
                     "mlflow.source.name": source, "mlflow.source.type": "JOB"}
             commit = git_commit()
             if commit:
-                tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
-            run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+                run_tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+            run_tags.update(tags or {})  # e.g. mlflow.parentRunId: a sweep's trial under the sweep's run
+            run_id = client.create_run(exp_id, run_name=name, tags=run_tags).info.run_id
         _log_params(client, run_id, flatten(job.to_dict()))
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"MLflow tracking server {shown} refused the run: {_reason(exc)}") from None

@@ -1,0 +1,158 @@
+"""``oat sweep JOB``: the dedicated PGDAT baselines, one Ray Tune trial per fixed λ.
+
+Each trial is the job's own Ray Train run (the same ``TorchTrainer`` as ``oat run``) with ``method.name:
+pgdat`` and ``method.Lambda`` set, built and fitted inside a Tune function (the Ray Train V2 pattern:
+``tune.with_resources(fn, {"cpu": 0.1})``, ``TuneReportCallback`` relaying each epoch's metrics to Tune).
+The trial's workers ask for the job's ``ray`` resources; ``sweep.max_concurrent_trials`` trials run at once
+and a failed trial is retried ``sweep.max_failures`` times.
+
+Resubmitting the sweep (same name and storage) resumes it: Tune restores its experiment, finished trials are
+not run again, and an interrupted trial's ``TorchTrainer`` restarts from its last checkpoint. With tracking
+on, the sweep is one MLflow run and every trial's training run is its child.
+
+Output: ``runs/<sweep>/sweep.json`` (per λ: the test points, the training cost, the checkpoint), a table
+and ``tradeoff.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import atomic_write_text
+from .config import JobConfig, job_from_dict
+from .evaluate import Point, plot_tradeoff, points_table
+
+
+def baseline_job(job: JobConfig, lam: float) -> JobConfig:
+    """The dedicated PGDAT model at ``lam`` for ``job`` (everything else as the job says)."""
+    d = job.to_dict()
+    d["name"] = f"{job.name}_pgdat_lam{lam:g}"
+    d["method"].update(name="pgdat", Lambda=float(lam), zero_fraction=None)
+    d["model"].update(widths=None, use2BN=False)
+    d["eval"].update(lambdas=None, widths=None)
+    d["tracking"].update(register=None, model_name=None)
+    d["ray"]["name"] = None
+    return job_from_dict(d)
+
+
+def sweep_lambdas(job: JobConfig) -> list[float]:
+    lams = job.sweep.lambdas if job.sweep.lambdas is not None else job.method.lambda_choices
+    return [float(v) for v in lams]
+
+
+def cost_of(history: list[dict[str, Any]], workers: int) -> float:
+    """Training worker-seconds: the epochs' seconds (without evaluation or start-up) × the workers."""
+    return float(sum(h.get("seconds", 0.0) for h in history)) * workers
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """One Tune trial: the PGDAT job at ``config["lam"]`` as a Ray Train run, then its test points."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from .distributed import _storage, begin_tracking, fit_trainer
+
+    job = baseline_job(job_from_dict(config["job"]), config["lam"])
+    run_name = f"{config['sweep']}_lam{config['lam']:g}"
+    spath, fs = _storage(config["storage"])
+    tags = {"mlflow.parentRunId": config["parent_run"], "sweep": config["sweep"]} if config["parent_run"] else None
+    info = begin_tracking(job, run_name, config["where"], source="oat sweep", tags=tags)
+    t0 = time.perf_counter()
+    result = fit_trainer(job, run_name, spath, fs, info, f"PGDAT λ={config['lam']:g}",
+                         callbacks=[TuneReportCallback()])
+    wall = time.perf_counter() - t0
+    with result.checkpoint.as_directory() as d:
+        points = json.loads((Path(d) / "eval.json").read_text())["points"]
+        history = json.loads((Path(d) / "history.json").read_text())
+    p = points[0]
+    tune.report({"lambda": config["lam"], "test_clean_acc": p["clean_acc"], "test_robust_acc": p["robust_acc"],
+                 "trial_done": 1, "points": json.dumps(points), "run_name": run_name, "wall_s": wall,
+                 "train_worker_s": cost_of(history, job.ray.num_workers), "workers": job.ray.num_workers,
+                 "checkpoint": result.checkpoint.path, "mlflow_run_id": info.run_id if info else ""})
+
+
+@dataclass
+class SweepResult:
+    name: str
+    trials: list[dict[str, Any]]
+    out: Path
+    seconds: float
+
+
+def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
+              address: str | None = None, out: str | Path | None = None) -> SweepResult:
+    from ray import tune
+
+    from . import tracking
+    from .distributed import _storage, ray_init
+
+    t0 = time.perf_counter()
+    sweep_name = name or job.sweep.name or f"{job.name}_sweep"
+    where = storage_path or job.ray.storage_path or "~/ray_results"
+    spath, fs = _storage(storage_path or job.ray.storage_path)
+    lams = sweep_lambdas(job)
+    out_dir = Path(out) if out is not None else Path("runs") / sweep_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = None
+    parent = None
+    if job.tracking.enabled:
+        job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
+        parent = tracking.begin(job, where=f"sweep:{where}/{sweep_name}", run_name=sweep_name, source="oat sweep",
+                                tags={"kind": "sweep", "method": "pgdat"})
+        tracker = tracking.Tracker(parent, out_dir / "tracking", system_metrics=False)
+        print(f"[tracking] MLflow sweep run '{sweep_name}' ({'continues' if parent.resumed else 'new'}) at "
+              f"{tracking.redact(parent.uri)}", flush=True)
+    ray_init(address)
+    trainable = tune.with_resources(_trial, {"cpu": 0.1})  # the trial's workers hold the real resources
+    tune_path = f"{spath or str(Path('~/ray_results').expanduser())}/{sweep_name}"
+    print(f"sweep {sweep_name}: {len(lams)} PGDAT trials (λ ∈ {lams}), {job.sweep.max_concurrent_trials} at a time, "
+          f"{job.ray.num_workers} worker(s) each", flush=True)
+    if tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
+        print(f"resuming sweep {sweep_name} from {where}", flush=True)
+        tuner = tune.Tuner.restore(tune_path, trainable, resume_errored=True, storage_filesystem=fs)
+    else:
+        space = {"lam": tune.grid_search(lams), "job": job.to_dict(), "sweep": sweep_name, "storage": storage_path
+                 or job.ray.storage_path, "where": where, "parent_run": parent.run_id if parent else None}
+        tuner = tune.Tuner(trainable, param_space=space,
+                           tune_config=tune.TuneConfig(max_concurrent_trials=job.sweep.max_concurrent_trials),
+                           run_config=tune.RunConfig(name=sweep_name, storage_path=spath, storage_filesystem=fs,
+                                                     failure_config=tune.FailureConfig(
+                                                         max_failures=job.sweep.max_failures),
+                                                     verbose=0))
+    grid = tuner.fit()
+    trials = []
+    errors = []
+    for i in range(len(grid)):
+        res = grid[i]
+        m = res.metrics or {}
+        if res.error is not None or not m.get("trial_done"):
+            errors.append(f"λ={(res.config or {}).get('lam')}: {res.error}")
+            continue
+        trials.append({"lambda": float(m["lambda"]), "points": json.loads(m["points"]), "run_name": m["run_name"],
+                       "wall_s": m["wall_s"], "train_worker_s": m["train_worker_s"], "workers": m["workers"],
+                       "checkpoint": m["checkpoint"], "mlflow_run_id": m.get("mlflow_run_id", "")})
+    trials.sort(key=lambda t: t["lambda"])
+    summary = {"sweep": sweep_name, "job": job.name, "storage": where, "lambdas": lams, "trials": trials,
+               "train_worker_s": sum(t["train_worker_s"] for t in trials), "errors": errors}
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", out_dir / "sweep.json")
+    pts = [Point.from_dict(t["points"][0]) for t in trials]
+    if pts:
+        plot_tradeoff({"PGDAT (one model per λ)": pts}, out_dir / "tradeoff.png", title=f"{sweep_name} (test)")
+        print(points_table(pts, f"dedicated PGDAT models, test split, {pts[0].n} images"))
+    if tracker is not None:
+        for t in trials:
+            p = t["points"][0]
+            tracker.log_metrics({tracking.metric_key("test/clean_acc", t["lambda"], 1.0): p["clean_acc"],
+                                 tracking.metric_key("test/robust_acc", t["lambda"], 1.0): p["robust_acc"]}, 0)
+        tracker.log_metrics({"train_worker_s": summary["train_worker_s"]}, 0)
+        for f in ("sweep.json", "tradeoff.png"):
+            if (out_dir / f).is_file():
+                tracker.log_artifact(out_dir / f)
+        tracker.close("FAILED" if errors else "FINISHED", timeout=job.tracking.flush_timeout_s)
+    if errors:
+        raise RuntimeError(f"sweep {sweep_name}: {len(errors)} trial(s) failed: " + "; ".join(errors))
+    return SweepResult(sweep_name, trials, out_dir, time.perf_counter() - t0)
