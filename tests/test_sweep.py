@@ -87,15 +87,23 @@ def test_resubmitted_sweep_resumes_instead_of_training_again(sweep_run, mlflow_u
     assert len(c.get_metric_history(kid.info.run_id, "loss")) == 2
 
 
-def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, mlflow_uri, tmp_path):
-    from mlflow.tracking import MlflowClient
-
+@pytest.fixture(scope="module")
+def comparison(sweep_run, mlflow_uri):
+    tmp_path = sweep_run["tmp"]
     oat_dir = tmp_path / "oat"
     r = oat("train", str(sweep_run["job"]), "--out", str(oat_dir), "--quiet")
     assert r.returncode == 0, r.stderr[-2000:]
     r = oat("compare", str(oat_dir), str(sweep_run["tmp"] / "out"), "--out", str(tmp_path / "cmp"),
             "--mlflow", mlflow_uri, "--experiment", "sweeps")
     assert r.returncode == 0, r.stderr[-2000:]
+    return oat_dir, r
+
+
+def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    oat_dir, r = comparison
+    tmp_path = sweep_run["tmp"]
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert [row["lambda"] for row in res["rows"]] == [0.0, 1.0]
     oat_pts = {p["lambda"]: p for p in json.loads((oat_dir / "eval.json").read_text())["points"]}
@@ -112,3 +120,22 @@ def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, mlflow_uri, t
     (run,) = c.search_runs([exp.experiment_id], "tags.kind = 'comparison'")
     assert run.data.metrics["delta_robust/lam_1"] == pytest.approx(res["rows"][1]["delta_robust"])
     assert {f.path for f in c.list_artifacts(run.info.run_id)} >= {"compare.png", "compare.json", "compare.txt"}
+
+
+def test_tradeoff_notebook_reads_the_comparison_from_mlflow(comparison, mlflow_uri, monkeypatch):
+    """notebooks/tradeoff.ipynb executed top to bottom (nbclient, a real kernel) against the real server."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.setenv("OAT_EXPERIMENT", "sweeps")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(REPO / "notebooks" / "tradeoff.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "vs sweep tiny_sw_sweep" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the trade-off figure was drawn
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    assert "delta_robust" in html  # the comparison table
