@@ -193,6 +193,11 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .evaluate import points_table, read_points
 
     job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
+    if job.pipeline.stages:  # a pipeline job: OAT, OATS, the sweep and the comparisons
+        from .stages import run_pipeline
+
+        run_pipeline(job, storage_path=a.storage, address=a.address, out=a.out)
+        return 0
     submitted = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ  # a Ray job's working dir is temporary: no copy
     out = Path(a.out) if a.out else (None if submitted else Path("runs") / (a.name or job.ray.name or job.name))
     res = run_job(job, name=a.name, storage_path=a.storage, address=a.address, out=out)

@@ -165,6 +165,14 @@ class SweepConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """``oat run`` of a pipeline job: each stage a resumable Ray run; empty: the job is one training run."""
+
+    stages: list[Literal["oat", "oats", "sweep", "compare"]] = field(default_factory=list)
+    oats_widths: list[float] = field(default_factory=lambda: list(REFERENCE_WIDTHS))  # the OATS stage's widths
+
+
+@dataclass
 class JobConfig:
     name: str = "oat"
     description: str = ""
@@ -178,6 +186,7 @@ class JobConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -284,6 +293,16 @@ class JobConfig:
         for i, w in enumerate(self.eval.widths):
             if w not in m.widths:
                 fail(f"eval.widths[{i}]", f"{w} is not a trained width; allowed: {m.widths}")
+        pl = self.pipeline
+        if pl.stages and self.method.name != "oat":
+            fail("method.name", f"{self.method.name!r}: a pipeline job describes the OAT run (method.name: oat); "
+                                "its OATS and PGDAT stages are derived from it")
+        if len(set(pl.stages)) != len(pl.stages):
+            fail("pipeline.stages", f"{pl.stages} repeats a stage")
+        if "compare" in pl.stages and ("sweep" not in pl.stages or not {"oat", "oats"} & set(pl.stages)):
+            fail("pipeline.stages", "compare needs the sweep stage and an oat or oats stage")
+        if max(pl.oats_widths) != 1.0 or min(pl.oats_widths) <= 0:
+            fail("pipeline.oats_widths", f"{pl.oats_widths} must lie in (0, 1] and include 1.0")
         sw = self.sweep
         for i, lam in enumerate(sw.lambdas or []):
             if not 0.0 <= lam <= 1.0:
