@@ -161,6 +161,7 @@ class SweepConfig:
     lambdas: list[float] | None = None  # None: method.lambda_choices (the OAT job's list)
     max_concurrent_trials: int = 2
     max_failures: int = 1  # retries of a failed trial (-1: without limit)
+    num_workers: int | None = None  # DDP workers per trial; None: ray.num_workers
     name: str | None = None  # the sweep's name under ray.storage_path (None: <job name>_sweep); same name = resume
 
 
@@ -307,6 +308,8 @@ class JobConfig:
         for i, lam in enumerate(sw.lambdas or []):
             if not 0.0 <= lam <= 1.0:
                 fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
+        if sw.num_workers is not None and sw.num_workers < 1:
+            fail("sweep.num_workers", f"{sw.num_workers} must be >= 1")
         if sw.max_concurrent_trials < 1:
             fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
         if sw.max_failures < -1:

@@ -86,8 +86,10 @@ def _quiet_reports() -> None:
     lines already say what happened."""
     try:
         from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import storage as ray_storage
 
         logging.getLogger(context.__file__).setLevel(logging.WARNING)
+        logging.getLogger(ray_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created at…"
     except ImportError:  # a Ray without this module: keep its logging as is
         pass
 

@@ -42,7 +42,6 @@ def run_pipeline(job: JobConfig, *, storage_path: str | None = None, address: st
     from .compare import compare
     from .distributed import run_job
     from .sweep import run_sweep
-
     from .tracking import resolve_uri
 
     t0 = time.perf_counter()

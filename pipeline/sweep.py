@@ -36,6 +36,8 @@ def baseline_job(job: JobConfig, lam: float) -> JobConfig:
     d["eval"].update(lambdas=None, widths=None)
     d["tracking"].update(register=None, model_name=None)
     d["ray"]["name"] = None
+    if job.sweep.num_workers is not None:
+        d["ray"]["num_workers"] = job.sweep.num_workers
     return job_from_dict(d)
 
 
@@ -75,6 +77,26 @@ def _trial(config: dict[str, Any]) -> None:
                  "checkpoint": result.checkpoint.path, "mlflow_run_id": info.run_id if info else ""})
 
 
+TRIAL_CPU = 0.1  # Tune's trial function (it only drives its TorchTrainer); Ray refuses 0
+
+
+def _check_fits(job: JobConfig) -> None:
+    """A trial whose workers cannot fit on the cluster would wait for resources for ever: say so instead."""
+    import ray
+
+    base = baseline_job(job, 0.0)
+    r = base.ray
+    need_cpu = r.num_workers * r.cpus_per_worker + TRIAL_CPU
+    have = ray.cluster_resources()
+    if need_cpu > have.get("CPU", 0.0) + 1e-9:
+        raise ValueError(f"a sweep trial needs {need_cpu:g} CPUs ({r.num_workers} worker(s) × ray.cpus_per_worker="
+                         f"{r.cpus_per_worker:g} + {TRIAL_CPU:g} for Tune's trial function) but the cluster has "
+                         f"{have.get('CPU', 0.0):g}: lower sweep.num_workers or ray.cpus_per_worker")
+    if r.use_gpu and r.num_workers * r.gpus_per_worker > have.get("GPU", 0.0) + 1e-9:
+        raise ValueError(f"a sweep trial needs {r.num_workers * r.gpus_per_worker:g} GPUs but the cluster has "
+                         f"{have.get('GPU', 0.0):g}: lower sweep.num_workers")
+
+
 @dataclass
 class SweepResult:
     name: str
@@ -87,13 +109,16 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
               address: str | None = None, out: str | Path | None = None) -> SweepResult:
     from ray import tune
 
-    from . import tracking
+    from . import storage, tracking
     from .distributed import _storage, ray_init
 
     t0 = time.perf_counter()
     sweep_name = name or job.sweep.name or f"{job.name}_sweep"
-    where = storage_path or job.ray.storage_path or "~/ray_results"
-    spath, fs = _storage(storage_path or job.ray.storage_path)
+    storage_path = storage_path or job.ray.storage_path
+    if storage_path and not storage.is_s3(storage_path):  # trials run in Tune's own working dirs
+        storage_path = str(Path(storage_path).expanduser().resolve())
+    where = storage_path or "~/ray_results"
+    spath, fs = _storage(storage_path)
     lams = sweep_lambdas(job)
     out_dir = Path(out) if out is not None else Path("runs") / sweep_name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -107,16 +132,17 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
         print(f"[tracking] MLflow sweep run '{sweep_name}' ({'continues' if parent.resumed else 'new'}) at "
               f"{tracking.redact(parent.uri)}", flush=True)
     ray_init(address)
-    trainable = tune.with_resources(_trial, {"cpu": 0.1})  # the trial's workers hold the real resources
+    _check_fits(job)
+    trainable = tune.with_resources(_trial, {"cpu": TRIAL_CPU})  # the trial's workers hold the real resources
     tune_path = f"{spath or str(Path('~/ray_results').expanduser())}/{sweep_name}"
     print(f"sweep {sweep_name}: {len(lams)} PGDAT trials (λ ∈ {lams}), {job.sweep.max_concurrent_trials} at a time, "
-          f"{job.ray.num_workers} worker(s) each", flush=True)
+          f"{job.sweep.num_workers or job.ray.num_workers} worker(s) each", flush=True)
     if tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
         print(f"resuming sweep {sweep_name} from {where}", flush=True)
         tuner = tune.Tuner.restore(tune_path, trainable, resume_errored=True, storage_filesystem=fs)
     else:
-        space = {"lam": tune.grid_search(lams), "job": job.to_dict(), "sweep": sweep_name, "storage": storage_path
-                 or job.ray.storage_path, "where": where, "parent_run": parent.run_id if parent else None}
+        space = {"lam": tune.grid_search(lams), "job": job.to_dict(), "sweep": sweep_name, "storage": storage_path,
+                 "where": where, "parent_run": parent.run_id if parent else None}
         tuner = tune.Tuner(trainable, param_space=space,
                            tune_config=tune.TuneConfig(max_concurrent_trials=job.sweep.max_concurrent_trials),
                            run_config=tune.RunConfig(name=sweep_name, storage_path=spath, storage_filesystem=fs,

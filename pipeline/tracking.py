@@ -128,6 +128,10 @@ def _quiet_client_env() -> None:
     # our own progress lines say where the run is; MLflow would print a URL per run it ends
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import logging
+
+    for name in ("alembic", "mlflow.store.db.utils"):  # a local SQLite store logs its schema checks at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _client(uri: str) -> Any:

@@ -1,0 +1,57 @@
+"""The README's main job (`oat run jobs/pipeline_digits.yaml`: local Ray, local MLflow store, digits) end to
+end on a reduced config: OAT, OATS, the PGDAT sweep and both comparisons, in one command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_job
+
+REPO = Path(__file__).resolve().parents[1]
+REDUCED = ["train.epochs=1", "train.max_steps_per_epoch=3", "sweep.lambdas=[0.0, 1.0]", "attack.steps=2",
+           "eval.max_images=100", "eval.test_steps=2", "pipeline.oats_widths=[0.5, 1.0]",
+           "tracking.system_metrics=false"]
+
+
+def test_pipeline_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="pipeline.stages"):
+        load_job(REPO / "jobs" / "pipeline_digits.yaml", ["pipeline.stages=[oat, compare]"])
+    with pytest.raises(ConfigError, match="method.name"):
+        load_job(REPO / "jobs" / "pipeline_digits.yaml", ["method.name=pgdat"])
+    with pytest.raises(ConfigError, match="pipeline.stages.*allowed values"):
+        load_job(REPO / "jobs" / "pipeline_digits.yaml", ["pipeline.stages=[oat, train]"])
+
+
+def test_main_job_runs_end_to_end_on_a_reduced_config(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [*REDUCED, f"tracking.uri={db}", f"ray.storage_path={tmp_path / 'ray'}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # the embedded default: a local Ray
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", str(REPO / "jobs" / "pipeline_digits.yaml"),
+                        "--out", str(tmp_path / "out"), *(a for s in sets for a in ("--set", s))],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    out = tmp_path / "out"
+    summary = (out / "summary.txt").read_text()
+    assert "pipeline digits_pipeline finished" in summary and "training cost" in summary
+    assert summary in r.stdout.replace("\r", "")  # the table the user reads in the terminal
+    oat_cmp = json.loads((out / "compare_oat" / "compare.json").read_text())
+    oats_cmp = json.loads((out / "compare_oats" / "compare.json").read_text())
+    assert [(row["lambda"], row["width"]) for row in oat_cmp["rows"]] == [(0.0, 1.0), (1.0, 1.0)]
+    assert {(row["lambda"], row["width"]) for row in oats_cmp["rows"]} == {(0.0, 1.0), (1.0, 1.0), (0.0, 0.5),
+                                                                           (1.0, 0.5)}
+    assert oat_cmp["cost"]["sweep_worker_s"] > 0 and (out / "compare_oats" / "compare.png").is_file()
+    c = MlflowClient(db)
+    exp = c.get_experiment_by_name("digits-pipeline")
+    names = {run.info.run_name for run in c.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'")}
+    assert {"digits_pipeline_oat", "digits_pipeline_oats", "digits_pipeline_sweep", "digits_pipeline_sweep_lam0",
+            "digits_pipeline_sweep_lam1"} <= names
+    assert len(c.search_runs([exp.experiment_id], "tags.kind = 'comparison'")) == 2
+    assert c.get_model_version_by_alias("digits_pipeline_oats", "champion").tags["widths"] == "0.5,1"
