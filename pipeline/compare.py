@@ -40,7 +40,7 @@ def compare(oat_dir: str | Path, sweep_dir: str | Path, *, out: str | Path | Non
     for w in widths:
         at_w = [p for p in pts if p.width == w and p.lam in dedicated]
         title = f"width {w:g}" + ("" if w == 1.0 else " (the dedicated models are full width)") + "\n"
-        blocks.append((title if len(widths) > 1 else "") + comparison_table(at_w, dedicated))
+        blocks.append((title if len(widths) > 1 else "") + comparison_table(at_w, dedicated, method[:4]))
         for p in at_w:
             d = dedicated[p.lam]
             rows.append({"lambda": p.lam, "width": w, "clean_acc": p.clean_acc, "robust_acc": p.robust_acc,

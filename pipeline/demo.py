@@ -40,8 +40,8 @@ def _train_or_reuse(job_path: Path, overrides: Sequence[str], out: Path, label: 
     return fit(job, out, progress=progress, label=label).test_points
 
 
-def comparison_table(oat: Sequence[Point], dedicated: dict[float, Point]) -> str:
-    head = (f"{'λ':>5} │ {'SA OAT':>7} {'SA PGDAT':>9} {'Δ':>6} │ {'RA OAT':>7} {'RA PGDAT':>9} {'Δ':>6}")
+def comparison_table(oat: Sequence[Point], dedicated: dict[float, Point], name: str = "OAT") -> str:
+    head = (f"{'λ':>5} │ {'SA ' + name:>7} {'SA PGDAT':>9} {'Δ':>6} │ {'RA ' + name:>7} {'RA PGDAT':>9} {'Δ':>6}")
     rows = [head, "─" * len(head)]
     for p in sorted(oat, key=lambda p: p.lam):
         d = dedicated.get(p.lam)
