@@ -28,7 +28,8 @@ def _read_json(path: Path, what: str) -> Any:
 def compare(oat_dir: str | Path, sweep_dir: str | Path, *, out: str | Path | None = None,
             mlflow_uri: str | None = None, experiment: str = "oat", quiet: bool = False) -> dict[str, Any]:
     oat_dir, sweep_dir = Path(oat_dir), Path(sweep_dir)
-    _read_json(oat_dir / "eval.json", "a finished OAT/OATS run folder")
+    if not (oat_dir / "eval.json").is_file():
+        raise FileNotFoundError(f"{oat_dir / 'eval.json'} does not exist: is {oat_dir} a finished OAT/OATS run folder?")
     pts = read_points(oat_dir / "eval.json")
     history = _read_json(oat_dir / "history.json", "a finished OAT/OATS run folder")
     workers = len(json.loads((oat_dir / "workers.json").read_text())) if (oat_dir / "workers.json").is_file() else 1

@@ -110,7 +110,7 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     from ray import tune
 
     from . import storage, tracking
-    from .distributed import _storage, ray_init
+    from .distributed import _storage, begin_tracking, ray_init
 
     t0 = time.perf_counter()
     sweep_name = name or job.sweep.name or f"{job.name}_sweep"
@@ -122,15 +122,9 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     lams = sweep_lambdas(job)
     out_dir = Path(out) if out is not None else Path("runs") / sweep_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    tracker = None
-    parent = None
-    if job.tracking.enabled:
-        job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
-        parent = tracking.begin(job, where=f"sweep:{where}/{sweep_name}", run_name=sweep_name, source="oat sweep",
-                                tags={"kind": "sweep", "method": "pgdat"})
-        tracker = tracking.Tracker(parent, out_dir / "tracking", system_metrics=False)
-        print(f"[tracking] MLflow sweep run '{sweep_name}' ({'continues' if parent.resumed else 'new'}) at "
-              f"{tracking.redact(parent.uri)}", flush=True)
+    parent = begin_tracking(job, sweep_name, f"sweep:{where}", source="oat sweep",  # its own key: not an oat run
+                            tags={"kind": "sweep", "method": "pgdat"})
+    tracker = tracking.Tracker(parent, out_dir / "tracking") if parent else None
     ray_init(address)
     _check_fits(job)
     trainable = tune.with_resources(_trial, {"cpu": TRIAL_CPU})  # the trial's workers hold the real resources

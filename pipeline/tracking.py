@@ -184,8 +184,7 @@ def run_key(job: JobConfig, where: str) -> str:
 
 
 def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: bool = False,
-          source: str = "oat train", config_text: str | None = None, tags: Mapping[str, str] | None = None
-          ) -> RunInfo:
+          source: str = "oat train", tags: Mapping[str, str] | None = None) -> RunInfo:
     """Find or create this job's MLflow run and prove the server and its artifact store take writes.
 
     ``where`` names the job's state (its run folder, or Ray's storage/name): the same job in the same place
@@ -225,7 +224,7 @@ def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: boo
         _log_params(client, run_id, flatten(job.to_dict()))
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"MLflow tracking server {shown} refused the run: {_reason(exc)}") from None
-    text = config_text if config_text is not None else job.to_yaml()
+    text = job.to_yaml()
     try:
         import tempfile
 
@@ -256,14 +255,13 @@ def _log_params(client: Any, run_id: str, params: dict[str, str]) -> None:
 class Tracker:
     """Rank 0's tracking: calls append to the outbox and return at once; a thread delivers."""
 
-    def __init__(self, info: RunInfo, folder: str | Path, *, job: JobConfig | None = None,
-                 system_metrics: bool = False, interval: float = 10.0, start: bool = True):
+    def __init__(self, info: RunInfo, folder: str | Path, *, system_metrics: bool = False, interval: float = 10.0,
+                 start: bool = True):
         self.info = info
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "pending").mkdir(exist_ok=True)
         atomic_write_text(json.dumps(info.to_dict(), indent=1) + "\n", self.folder / RUN_FILE)
-        self.job = job
         self._lock = threading.Condition()
         self._events: list[dict[str, Any]] = []
         self._delivered = 0
@@ -349,11 +347,15 @@ class Tracker:
             while self._delivered < len(self._events) and time.monotonic() < deadline:
                 self._lock.wait(timeout=0.5)
             left = len(self._events) - self._delivered
+        self._halt()
+        return left
+
+    def _halt(self) -> None:
+        """Stop the delivery thread (what is undelivered stays in the outbox)."""
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
         self._thread.join(timeout=30)
-        return left
 
     # -- delivery
     def _run(self) -> None:
@@ -501,10 +503,7 @@ def sync(folder: str | Path, timeout: float = 600.0) -> int:
     deadline = time.monotonic() + timeout
     while t.pending and time.monotonic() < deadline:
         time.sleep(0.5)
-    t._stop.set()
-    with t._lock:
-        t._lock.notify_all()
-    t._thread.join(timeout=30)
+    t._halt()
     return t.pending
 
 
@@ -526,7 +525,7 @@ def start_tracker(job: JobConfig, out: Path, *, info: RunInfo | None, resume: bo
         old = None
     if old is not None and (old != info.run_id or not resume):  # another run's outbox: keep it aside
         folder.rename(out / f"tracking.{old[:12]}.{int(time.time())}")
-    return Tracker(info, folder, job=job, system_metrics=job.tracking.system_metrics,
+    return Tracker(info, folder, system_metrics=job.tracking.system_metrics,
                    interval=job.tracking.system_metrics_interval)
 
 

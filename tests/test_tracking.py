@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.stack import free_port
-from pipeline.tracking import RunInfo, Tracker, begin, epoch_metrics, flatten, metric_key, redact
+from pipeline.tracking import Tracker, begin, epoch_metrics, flatten, metric_key, redact
 from tests.conftest import tiny_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -427,7 +427,6 @@ def test_sync_delivers_a_leftover_outbox(mlflow_uri, tmp_path):
     t = Tracker(info, tmp_path / "run" / "tracking", start=False)
     t.log_metrics({"loss": 0.5}, 1)
     t.log_metrics({"loss": 0.25}, 2)
-    json.dumps(RunInfo.from_dict(info.to_dict()).to_dict())
     r = oat("track", "sync", str(tmp_path / "run"))
     assert r.returncode == 0 and "all delivered" in r.stdout, r.stdout + r.stderr
     assert [m.value for m in client(mlflow_uri).get_metric_history(info.run_id, "loss")] == [0.5, 0.25]
