@@ -2,8 +2,9 @@
 
 Per λ (and per width for OATS): SA and RA of the one model, of the dedicated model, and the difference; the
 trade-off plot with both curves; and the training cost in worker-seconds (the epochs' seconds × workers,
-without evaluation or start-up) of the one run against the whole sweep. Written as ``compare.json``,
-``compare.txt`` and ``compare.png``; with ``--mlflow`` also logged as a comparison run.
+without evaluation or start-up) of the one run against the dedicated models it replaces. An OATS width is
+compared with the sweep's models at that width (``sweep.widths``) where there are some, else with full width.
+Written as ``compare.json``, ``compare.txt`` and ``compare.png``; with ``--mlflow`` also logged as a comparison run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_text
 from .demo import comparison_table
-from .evaluate import Point, plot_tradeoff, read_points
+from .evaluate import Point, attack_label, by_attack, headline_attack, plot_tradeoff, read_points
 from .sweep import cost_of
 
 
@@ -30,43 +31,64 @@ def compare(oat_dir: str | Path, sweep_dir: str | Path, *, out: str | Path | Non
     oat_dir, sweep_dir = Path(oat_dir), Path(sweep_dir)
     if not (oat_dir / "eval.json").is_file():
         raise FileNotFoundError(f"{oat_dir / 'eval.json'} does not exist: is {oat_dir} a finished OAT/OATS run folder?")
-    pts = read_points(oat_dir / "eval.json")
+    all_pts = read_points(oat_dir / "eval.json")
     history = _read_json(oat_dir / "history.json", "a finished OAT/OATS run folder")
     workers = len(json.loads((oat_dir / "workers.json").read_text())) if (oat_dir / "workers.json").is_file() else 1
     sweep = _read_json(sweep_dir / "sweep.json", "a sweep folder (oat sweep --out)")
-    dedicated = {float(t["lambda"]): Point.from_dict(t["points"][0]) for t in sweep["trials"]}
+    trials = {(float(t["lambda"]), float(t.get("width", 1.0))): t for t in sweep["trials"]}
+    # AutoAttack numbers where both sides have them, else PGD
+    attack = headline_attack(all_pts, *([Point.from_dict(d) for d in t["points"]] for t in trials.values()))
+    pts = by_attack(all_pts, attack)
+
+    def ded(t: dict[str, Any]) -> Point:
+        return next(p for p in map(Point.from_dict, t["points"]) if p.attack == attack)
     method = pts[0].method.upper() if pts else "OAT"
     widths = sorted({p.width for p in pts}, reverse=True)
-    blocks, rows = [], []
+    blocks, rows, used = [], [], set()
+    dedicated_series: list[Point] = []
     for w in widths:
+        # a dedicated model at this width where the sweep trained one (sweep.widths), else the full-width one
+        dw = w if any(k[1] == w for k in trials) else 1.0
+        dedicated = {lam: ded(t) for (lam, tw), t in trials.items() if tw == dw}
         at_w = [p for p in pts if p.width == w and p.lam in dedicated]
-        title = f"width {w:g}" + ("" if w == 1.0 else " (the dedicated models are full width)") + "\n"
-        blocks.append((title if len(widths) > 1 else "") + comparison_table(at_w, dedicated, method[:4]))
+        note = "" if dw == w else " (no dedicated models at this width in the sweep: compared with full width)"
+        head = f"width {w:g}{note}\n" if len(widths) > 1 else ""
+        blocks.append(head + comparison_table(at_w, dedicated, method[:4]))
         for p in at_w:
             d = dedicated[p.lam]
-            rows.append({"lambda": p.lam, "width": w, "clean_acc": p.clean_acc, "robust_acc": p.robust_acc,
-                         "dedicated_clean_acc": d.clean_acc, "dedicated_robust_acc": d.robust_acc,
-                         "delta_clean": p.clean_acc - d.clean_acc, "delta_robust": p.robust_acc - d.robust_acc})
+            used.add((p.lam, dw))
+            rows.append({"lambda": p.lam, "width": w, "dedicated_width": dw, "clean_acc": p.clean_acc,
+                         "robust_acc": p.robust_acc, "dedicated_clean_acc": d.clean_acc,
+                         "dedicated_robust_acc": d.robust_acc, "delta_clean": p.clean_acc - d.clean_acc,
+                         "delta_robust": p.robust_acc - d.robust_acc})
+        if dw == w:
+            dedicated_series += dedicated.values()
+    if not dedicated_series:  # OATS widths compared with full-width models only
+        dedicated_series = [ded(t) for k, t in trials.items() if k[1] == 1.0]
     oat_cost = cost_of(history, workers)
-    sweep_cost = float(sweep.get("train_worker_s", 0.0))
-    cost = {"oat_worker_s": oat_cost, "sweep_worker_s": sweep_cost, "dedicated_models": len(dedicated),
+    # the models this comparison replaces: the sweep's trials that appear in the table
+    sweep_cost = float(sum(trials[k]["train_worker_s"] for k in used))
+    n_models = len(used)
+    cost = {"oat_worker_s": oat_cost, "sweep_worker_s": sweep_cost, "dedicated_models": n_models,
             "ratio": oat_cost / sweep_cost if sweep_cost else None}
     ratio = f" = {cost['ratio']:.2f}× the sweep" if cost["ratio"] else ""
     a = pts[0]
-    text = (f"{method} ({oat_dir}) vs {len(dedicated)} dedicated PGDAT models ({sweep['sweep']}); test split, "
-            f"{a.n} images; SA = clean, RA = PGD-{a.steps} {a.norm} ε={a.eps:g}, in %; Δ = {method} − PGDAT\n\n"
+    text = (f"{method} ({oat_dir}) vs {n_models} dedicated PGDAT models ({sweep['sweep']}); test split, "
+            f"{a.n} images; SA = clean, RA = {attack_label(a)} {a.norm} ε={a.eps:g}, in %; Δ = {method} − PGDAT\n\n"
             + "\n\n".join(blocks)
             + f"\n\ntraining cost: {method} {oat_cost:,.0f} worker-s ({workers} worker(s)) vs sweep "
-              f"{sweep_cost:,.0f} worker-s ({len(dedicated)} models){ratio}")
+              f"{sweep_cost:,.0f} worker-s ({n_models} models){ratio}")
     dest = Path(out) if out is not None else sweep_dir
     dest.mkdir(parents=True, exist_ok=True)
     series: dict[str, Sequence[Point]] = {}
     for w in widths:
         series[f"{method} (one model)" + ("" if w == 1.0 else f", width {w:g}")] = [p for p in pts if p.width == w]
-    series["PGDAT (one model per λ)"] = list(dedicated.values())
+    series["PGDAT (one model per λ" + ("" if {p.width for p in dedicated_series} == {1.0} else " and width")
+           + ")"] = dedicated_series
     png = plot_tradeoff(series, dest / "compare.png", title=f"{method} vs dedicated PGDAT (test split)")
-    result = {"oat_run": str(oat_dir), "sweep": sweep["sweep"], "method": method, "rows": rows, "cost": cost,
-              "oat_points": [p.to_dict() for p in pts], "dedicated": [p.to_dict() for p in dedicated.values()],
+    result = {"oat_run": str(oat_dir), "sweep": sweep["sweep"], "method": method, "attack": attack,
+              "attack_label": attack_label(a), "rows": rows, "cost": cost,
+              "oat_points": [p.to_dict() for p in pts], "dedicated": [p.to_dict() for p in dedicated_series],
               "table": text}
     atomic_write_text(json.dumps(result, indent=1) + "\n", dest / "compare.json")
     atomic_write_text(text + "\n", dest / "compare.txt")

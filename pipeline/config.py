@@ -65,7 +65,8 @@ class ModelConfig:
     depth: int | None = None  # wrn: depth (6n + 4)
     widen: int | None = None  # wrn: widen factor
     dropout: float | None = None  # None: 0.3 for WRNs (reference), 0 otherwise
-    widths: list[float] | None = None  # slimmable widths; None: [0.5, 0.75, 1.0] for OATS, [1.0] otherwise
+    widths: list[float] | None = None  # OATS: its slimmable widths (None: [0.5, 0.75, 1.0]); PGDAT / OAT: one
+    # width multiplier (None: [1.0]); [0.5] is a plain model with half the channels in every layer
     encoding: Encoding = "rand"
     dim: int = 128  # λ code dimension (1 for encoding none)
     use2BN: bool = True  # dual batch norm (BN_c for λ = 0, BN_a for λ > 0); OAT / OATS only
@@ -110,6 +111,8 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     accumulate: int = 1  # micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)
+    init_from: str | None = None  # start from these weights (a checkpoint of the same model: a file, runs:/…, s3://…);
+    # a resumed run ignores it
 
 
 @dataclass
@@ -121,6 +124,10 @@ class EvalConfig:
     widths: list[float] | None = None  # None: model.widths
     val_steps: int | None = None  # PGD steps on validation; None: attack.steps (PGD-7, the reference)
     test_steps: int = 20  # PGD steps for the final test-split evaluation
+    # attacks of the final test evaluation: PGD-<test_steps> always; add autoattack (or one of its components)
+    # and eval.json, the comparison and the registry quote AutoAttack numbers (pipeline/robustness.py)
+    test_attacks: list[Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]] = field(
+        default_factory=lambda: ["pgd"])
     max_images: int | None = None  # cap the images per evaluation (None: all)
 
 
@@ -162,6 +169,8 @@ class SweepConfig:
     max_concurrent_trials: int = 2
     max_failures: int = 1  # retries of a failed trial (-1: without limit)
     num_workers: int | None = None  # DDP workers per trial; None: ray.num_workers
+    widths: list[float] = field(default_factory=lambda: [1.0])  # one dedicated model per (λ, width multiplier):
+    # [0.5, 0.75, 1.0] gives the OATS comparison a plain model at every width
     name: str | None = None  # the sweep's name under ray.storage_path (None: <job name>_sweep); same name = resume
 
 
@@ -174,9 +183,23 @@ class PipelineConfig:
 
 
 @dataclass
+class RetrainConfig:
+    """``oat retrain`` / ``oat schedule``: when to train the registered model again, and when to promote it."""
+
+    model_name: str | None = None  # the registered model (None: tracking.model_name)
+    max_age_days: float | None = 30.0  # retrain when the champion is older than this (None: only on new data)
+    init: Literal["scratch", "champion"] = "scratch"  # champion: warm-start from the champion's weights
+    runner: Literal["local", "ray"] = "local"  # ray: train as `oat run` does (Ray Train, the job's ray section)
+    max_sa_drop: float = 1.0  # the gate: points of clean accuracy any λ (and width) may lose against the champion
+    max_ra_drop: float = 1.0  # ... and of robust accuracy (AutoAttack where both have it, else PGD)
+    folder: str = "runs/retrain"  # the retraining runs and the scheduler's state
+
+
+@dataclass
 class JobConfig:
     name: str = "oat"
     description: str = ""
+    schedule: str | None = None  # cron ("0 3 * * 0": Sundays 03:00 UTC) for `oat schedule` and infra/k8s
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -188,6 +211,7 @@ class JobConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -257,12 +281,13 @@ class JobConfig:
             zf = meth.zero_fraction
             if zf is None or not 0.0 < zf < 1.0:
                 fail("method.zero_fraction", f"{zf} must lie strictly between 0 and 1")
-        if meth.name != "oats" and m.widths != [1.0]:
-            fail("model.widths", f"{m.widths}: only OATS trains several widths; use [1.0] or method.name=oats")
+        if meth.name != "oats" and len(m.widths) != 1:
+            fail("model.widths", f"{m.widths}: only OATS trains several widths; PGDAT and OAT take one width "
+                                 "multiplier, e.g. [1.0] or [0.5]")
         for i, w in enumerate(m.widths):
             if not 0.0 < w <= 1.0:
                 fail(f"model.widths[{i}]", f"{w} must lie in (0, 1]")
-        if max(m.widths) != 1.0:
+        if meth.name == "oats" and max(m.widths) != 1.0:
             fail("model.widths", f"{m.widths} must include 1.0 (the full network)")
         if m.encoding in ("rand", "onehot", "dct") and m.dim < len(meth.lambda_choices):
             fail("model.dim", f"{m.dim} is smaller than the number of λ choices ({len(meth.lambda_choices)})")
@@ -308,12 +333,29 @@ class JobConfig:
         for i, lam in enumerate(sw.lambdas or []):
             if not 0.0 <= lam <= 1.0:
                 fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
+        if not sw.widths or len(set(sw.widths)) != len(sw.widths):
+            fail("sweep.widths", f"{sw.widths} must be a non-empty list without repeats")
+        for i, w in enumerate(sw.widths):
+            if not 0.0 < w <= 1.0:
+                fail(f"sweep.widths[{i}]", f"{w} must lie in (0, 1]")
         if sw.num_workers is not None and sw.num_workers < 1:
             fail("sweep.num_workers", f"{sw.num_workers} must be >= 1")
         if sw.max_concurrent_trials < 1:
             fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
         if sw.max_failures < -1:
             fail("sweep.max_failures", f"{sw.max_failures} must be >= -1 (-1: retry without limit)")
+        if self.schedule is not None:
+            from .cron import Cron, CronError
+
+            try:
+                Cron.parse(self.schedule)
+            except CronError as exc:
+                fail("schedule", str(exc))
+        rt = self.retrain
+        if rt.max_age_days is not None and rt.max_age_days <= 0:
+            fail("retrain.max_age_days", f"{rt.max_age_days} must be > 0 (null: retrain only on new data)")
+        if rt.max_sa_drop < 0 or rt.max_ra_drop < 0:
+            fail("retrain.max_sa_drop" if rt.max_sa_drop < 0 else "retrain.max_ra_drop", "must be >= 0 (points)")
         t = self.tracking
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
             fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")

@@ -27,12 +27,13 @@ class Point:
     eps: float
     n: int
     norm: str = "linf"
+    settings: dict[str, Any] | None = None  # the attack's full settings (pipeline.robustness)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["lambda"] = d.pop("lam")
-        return {k: d[k] for k in ("method", "lambda", "width", "clean_acc", "robust_acc", "attack", "steps",
-                                  "eps", "n", "norm")}
+        keys = ("method", "lambda", "width", "clean_acc", "robust_acc", "attack", "steps", "eps", "n", "norm")
+        return {k: d[k] for k in keys} | ({"settings": d["settings"]} if self.settings is not None else {})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Point:
@@ -89,12 +90,37 @@ class _null:
         return None
 
 
+ATTACK_NAMES = {"autoattack": "AutoAttack", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T",
+                "square": "Square", "worst-case": "worst case"}
+PREFERENCE = ("autoattack", "pgd")  # the number a table, the comparison and the registry quote, when present
+
+
+def attack_label(p: Point) -> str:
+    if p.attack == "pgd":
+        restarts = int((p.settings or {}).get("restarts", 1))
+        return f"PGD-{p.steps}" + (f"×{restarts}" if restarts > 1 else "")
+    return ATTACK_NAMES.get(p.attack, p.attack)
+
+
+def headline_attack(*point_lists: Sequence[Point]) -> str:
+    """The strongest attack every list has points for (AutoAttack before PGD)."""
+    common = set.intersection(*({p.attack for p in pts} for pts in point_lists)) if point_lists else set()
+    for a in PREFERENCE:
+        if a in common:
+            return a
+    return sorted(common)[0] if common else "pgd"
+
+
+def by_attack(points: Sequence[Point], attack: str) -> list[Point]:
+    return [p for p in points if p.attack == attack]
+
+
 def points_table(points: Sequence[Point], title: str | None = None) -> str:
     lines = [title] if title else []
     lines.append(f"{'method':<8} {'λ':>5} {'width':>6} {'SA':>7} {'RA':>7}  attack")
     for p in points:
         lines.append(f"{p.method:<8} {p.lam:>5.2f} {p.width:>6.2f} {p.clean_acc:>7.3f} {p.robust_acc:>7.3f}  "
-                     f"PGD-{p.steps} {p.norm} ε={p.eps:.4g} (n={p.n})")
+                     f"{attack_label(p)} {p.norm} ε={p.eps:.4g} (n={p.n})")
     return "\n".join(lines)
 
 
@@ -133,7 +159,9 @@ def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: s
                 axes[2].annotate(f"λ={p.lam:g}", (s, r), fontsize=7, alpha=0.7, xytext=(3, 3),
                                  textcoords="offset points")
     any_pts = next((p for pts in series.values() for p in pts), None)
-    atk = f"PGD-{any_pts.steps} {any_pts.norm} ε={any_pts.eps:.3g}" if any_pts else ""
+    attacks = {attack_label(p) for pts in series.values() for p in pts}
+    atk = (f"{attack_label(any_pts) + ' ' if len(attacks) == 1 else ''}{any_pts.norm} ε={any_pts.eps:.3g}"
+           if any_pts else "")
     axes[0].set(xlabel="λ", ylabel="clean accuracy SA (%)", title="Clean accuracy")
     axes[1].set(xlabel="λ", ylabel="robust accuracy RA (%)", title=f"Robust accuracy ({atk})")
     axes[2].set(xlabel="SA (%)", ylabel="RA (%)", title="Trade-off")

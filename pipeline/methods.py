@@ -58,7 +58,7 @@ def _ce_metrics(prefix: str, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
 
 
 def pgdat_step(model: RobustNet, x: Tensor, y: Tensor, Lambda: float, attack: Attack,
-               width: float = 1.0) -> StepResult:
+               width: float | None = None) -> StepResult:
     cond = model.condition(Lambda, width)
     logits = model(x, cond)
     loss_c = F.cross_entropy(logits, y)
@@ -77,7 +77,7 @@ def pgdat_step(model: RobustNet, x: Tensor, y: Tensor, Lambda: float, attack: At
 
 
 def oat_step(model: RobustNet, x: Tensor, y: Tensor, lam: Tensor, attack: Attack,
-             width: float = 1.0) -> StepResult:
+             width: float | None = None) -> StepResult:
     """``lam``: per-sample λ on the CPU (the sampler's output)."""
     b = y.numel()
     lam_cpu = lam.detach().cpu().double()

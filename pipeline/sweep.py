@@ -1,7 +1,9 @@
-"""``oat sweep JOB``: the dedicated PGDAT baselines, one Ray Tune trial per fixed λ.
+"""``oat sweep JOB``: the dedicated PGDAT baselines, one Ray Tune trial per fixed λ (and per width multiplier).
 
 Each trial is the job's own Ray Train run (the same ``TorchTrainer`` as ``oat run``) with ``method.name:
-pgdat`` and ``method.Lambda`` set, built and fitted inside a Tune function (the Ray Train V2 pattern:
+pgdat``, ``method.Lambda`` and ``model.widths: [w]`` set (``sweep.widths``: [1.0] by default, [0.5, 0.75,
+1.0] for an OATS comparison; a plain model with that fraction of the channels in every layer), built and
+fitted inside a Tune function (the Ray Train V2 pattern:
 ``tune.with_resources(fn, {"cpu": 0.1})``, ``TuneReportCallback`` relaying each epoch's metrics to Tune).
 The trial's workers ask for the job's ``ray`` resources; ``sweep.max_concurrent_trials`` trials run at once
 and a failed trial is retried ``sweep.max_failures`` times.
@@ -10,7 +12,7 @@ Resubmitting the sweep (same name and storage) resumes it: Tune restores its exp
 not run again, and an interrupted trial's ``TorchTrainer`` restarts from its last checkpoint. With tracking
 on, the sweep is one MLflow run and every trial's training run is its child.
 
-Output: ``runs/<sweep>/sweep.json`` (per λ: the test points, the training cost, the checkpoint), a table
+Output: ``runs/<sweep>/sweep.json`` (per λ and width: the test points, the training cost, the checkpoint), a table
 and ``tradeoff.png``.
 """
 
@@ -24,15 +26,19 @@ from typing import Any
 
 from .checkpoint import atomic_write_text
 from .config import JobConfig, job_from_dict
-from .evaluate import Point, plot_tradeoff, points_table
+from .evaluate import Point, by_attack, headline_attack, plot_tradeoff, points_table
 
 
-def baseline_job(job: JobConfig, lam: float) -> JobConfig:
-    """The dedicated PGDAT model at ``lam`` for ``job`` (everything else as the job says)."""
+def trial_suffix(lam: float, width: float = 1.0) -> str:
+    return f"lam{lam:g}" + ("" if width == 1.0 else f"_w{width:g}")
+
+
+def baseline_job(job: JobConfig, lam: float, width: float = 1.0) -> JobConfig:
+    """The dedicated PGDAT model at ``lam`` and width multiplier ``width`` for ``job`` (the rest as the job says)."""
     d = job.to_dict()
-    d["name"] = f"{job.name}_pgdat_lam{lam:g}"
+    d["name"] = f"{job.name}_pgdat_{trial_suffix(lam, width)}"
     d["method"].update(name="pgdat", Lambda=float(lam), zero_fraction=None)
-    d["model"].update(widths=None, use2BN=False)
+    d["model"].update(widths=[float(width)], use2BN=False)
     d["eval"].update(lambdas=None, widths=None)
     d["tracking"].update(register=None, model_name=None)
     d["ray"]["name"] = None
@@ -46,32 +52,42 @@ def sweep_lambdas(job: JobConfig) -> list[float]:
     return [float(v) for v in lams]
 
 
+def _head(points: list[dict[str, Any]]) -> Point:
+    """A dedicated model's test point under its strongest attack (AutoAttack where it ran, else PGD)."""
+    pts = [Point.from_dict(d) for d in points]
+    return by_attack(pts, headline_attack(pts))[0]
+
+
 def cost_of(history: list[dict[str, Any]], workers: int) -> float:
     """Training worker-seconds: the epochs' seconds (without evaluation or start-up) × the workers."""
     return float(sum(h.get("seconds", 0.0) for h in history)) * workers
 
 
 def _trial(config: dict[str, Any]) -> None:
-    """One Tune trial: the PGDAT job at ``config["lam"]`` as a Ray Train run, then its test points."""
+    """One Tune trial: the PGDAT job at ``config["lam"]`` (and ``config["width"]``) as a Ray Train run, then its
+    test points."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from .distributed import _storage, begin_tracking, fit_trainer
 
-    job = baseline_job(job_from_dict(config["job"]), config["lam"])
-    run_name = f"{config['sweep']}_lam{config['lam']:g}"
+    width = float(config.get("width", 1.0))
+    job = baseline_job(job_from_dict(config["job"]), config["lam"], width)
+    run_name = f"{config['sweep']}_{trial_suffix(config['lam'], width)}"
     spath, fs = _storage(config["storage"])
     tags = {"mlflow.parentRunId": config["parent_run"], "sweep": config["sweep"]} if config["parent_run"] else None
     info = begin_tracking(job, run_name, config["where"], source="oat sweep", tags=tags)
     t0 = time.perf_counter()
-    result = fit_trainer(job, run_name, spath, fs, info, f"PGDAT λ={config['lam']:g}",
+    label = f"PGDAT λ={config['lam']:g}" + ("" if width == 1.0 else f" w={width:g}")
+    result = fit_trainer(job, run_name, spath, fs, info, label,
                          callbacks=[TuneReportCallback()])
     wall = time.perf_counter() - t0
     with result.checkpoint.as_directory() as d:
         points = json.loads((Path(d) / "eval.json").read_text())["points"]
         history = json.loads((Path(d) / "history.json").read_text())
-    p = points[0]
-    tune.report({"lambda": config["lam"], "test_clean_acc": p["clean_acc"], "test_robust_acc": p["robust_acc"],
+    p = _head(points).to_dict()
+    tune.report({"lambda": config["lam"], "width": width, "test_clean_acc": p["clean_acc"],
+                 "test_robust_acc": p["robust_acc"],
                  "trial_done": 1, "points": json.dumps(points), "run_name": run_name, "wall_s": wall,
                  "train_worker_s": cost_of(history, job.ray.num_workers), "workers": job.ray.num_workers,
                  "checkpoint": result.checkpoint.path, "mlflow_run_id": info.run_id if info else ""})
@@ -97,6 +113,25 @@ def _check_fits(job: JobConfig) -> None:
                          f"{have.get('GPU', 0.0):g}: lower sweep.num_workers")
 
 
+def _retry_log() -> Any:
+    """A Tune callback (run in the driver) that says when a trial failed and is retried, and counts it."""
+    from ray import tune
+
+    class RetryLog(tune.Callback):
+        def __init__(self) -> None:
+            self.retries: dict[str, int] = {}
+
+        def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            cfg = trial.config or {}
+            key = trial_suffix(float(cfg.get("lam", 0.0)), float(cfg.get("width", 1.0)))
+            self.retries[key] = self.retries.get(key, 0) + 1
+            err = trial.error_file
+            print(f"sweep: trial {key} failed ({trial.num_failures} time(s)); retried from its last checkpoint"
+                  + (f" (details: {err})" if err else ""), flush=True)
+
+    return RetryLog()
+
+
 @dataclass
 class SweepResult:
     name: str
@@ -120,6 +155,7 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     where = storage_path or "~/ray_results"
     spath, fs = _storage(storage_path)
     lams = sweep_lambdas(job)
+    widths = sorted(job.sweep.widths, reverse=True)
     out_dir = Path(out) if out is not None else Path("runs") / sweep_name
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = begin_tracking(job, sweep_name, f"sweep:{where}", source="oat sweep",  # its own key: not an oat run
@@ -129,20 +165,25 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     _check_fits(job)
     trainable = tune.with_resources(_trial, {"cpu": TRIAL_CPU})  # the trial's workers hold the real resources
     tune_path = f"{spath or str(Path('~/ray_results').expanduser())}/{sweep_name}"
-    print(f"sweep {sweep_name}: {len(lams)} PGDAT trials (λ ∈ {lams}), {job.sweep.max_concurrent_trials} at a time, "
+    at_widths = "" if widths == [1.0] else f" × widths {widths}"
+    print(f"sweep {sweep_name}: {len(lams) * len(widths)} PGDAT trials (λ ∈ {lams}{at_widths}), "
+          f"{job.sweep.max_concurrent_trials} at a time, "
           f"{job.sweep.num_workers or job.ray.num_workers} worker(s) each", flush=True)
+    retry_log = None  # a restored sweep keeps the callback it was started with
     if tune.Tuner.can_restore(tune_path, storage_filesystem=fs):
         print(f"resuming sweep {sweep_name} from {where}", flush=True)
         tuner = tune.Tuner.restore(tune_path, trainable, resume_errored=True, storage_filesystem=fs)
     else:
-        space = {"lam": tune.grid_search(lams), "job": job.to_dict(), "sweep": sweep_name, "storage": storage_path,
+        space = {"lam": tune.grid_search(lams), "width": tune.grid_search(widths), "job": job.to_dict(),
+                 "sweep": sweep_name, "storage": storage_path,
                  "where": where, "parent_run": parent.run_id if parent else None}
+        retry_log = _retry_log()
         tuner = tune.Tuner(trainable, param_space=space,
                            tune_config=tune.TuneConfig(max_concurrent_trials=job.sweep.max_concurrent_trials),
                            run_config=tune.RunConfig(name=sweep_name, storage_path=spath, storage_filesystem=fs,
                                                      failure_config=tune.FailureConfig(
                                                          max_failures=job.sweep.max_failures),
-                                                     verbose=0))
+                                                     callbacks=[retry_log], verbose=0))
     grid = tuner.fit()
     trials = []
     errors = []
@@ -150,24 +191,28 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
         res = grid[i]
         m = res.metrics or {}
         if res.error is not None or not m.get("trial_done"):
-            errors.append(f"λ={(res.config or {}).get('lam')}: {res.error}")
+            cfg = res.config or {}
+            errors.append(f"λ={cfg.get('lam')} width={cfg.get('width', 1.0)}: {res.error}")
             continue
-        trials.append({"lambda": float(m["lambda"]), "points": json.loads(m["points"]), "run_name": m["run_name"],
+        key = trial_suffix(float(m["lambda"]), float(m.get("width", 1.0)))
+        trials.append({"lambda": float(m["lambda"]), "width": float(m.get("width", 1.0)),
+                       "retries": retry_log.retries.get(key, 0) if retry_log is not None else None,
+                       "points": json.loads(m["points"]), "run_name": m["run_name"],
                        "wall_s": m["wall_s"], "train_worker_s": m["train_worker_s"], "workers": m["workers"],
                        "checkpoint": m["checkpoint"], "mlflow_run_id": m.get("mlflow_run_id", "")})
-    trials.sort(key=lambda t: t["lambda"])
-    summary = {"sweep": sweep_name, "job": job.name, "storage": where, "lambdas": lams, "trials": trials,
+    trials.sort(key=lambda t: (-t["width"], t["lambda"]))
+    summary = {"sweep": sweep_name, "job": job.name, "storage": where, "lambdas": lams, "widths": widths,
+               "trials": trials,
                "train_worker_s": sum(t["train_worker_s"] for t in trials), "errors": errors}
     atomic_write_text(json.dumps(summary, indent=1) + "\n", out_dir / "sweep.json")
-    pts = [Point.from_dict(t["points"][0]) for t in trials]
+    pts = [_head(t["points"]) for t in trials]
     if pts:
-        plot_tradeoff({"PGDAT (one model per λ)": pts}, out_dir / "tradeoff.png", title=f"{sweep_name} (test)")
+        label = "PGDAT (one model per λ" + ("" if widths == [1.0] else " and width") + ")"
+        plot_tradeoff({label: pts}, out_dir / "tradeoff.png", title=f"{sweep_name} (test)")
         print(points_table(pts, f"dedicated PGDAT models, test split, {pts[0].n} images"))
     if tracker is not None:
         for t in trials:
-            p = t["points"][0]
-            tracker.log_metrics({tracking.metric_key("test/clean_acc", t["lambda"], 1.0): p["clean_acc"],
-                                 tracking.metric_key("test/robust_acc", t["lambda"], 1.0): p["robust_acc"]}, 0)
+            tracker.log_metrics(tracking.points_metrics(t["points"], "test"), 0)
         tracker.log_metrics({"train_worker_s": summary["train_worker_s"]}, 0)
         for f in ("sweep.json", "tradeoff.png"):
             if (out_dir / f).is_file():

@@ -37,7 +37,7 @@ def test_unknown_key_names_dotted_path_and_allowed_keys():
         job_from_dict({"train": {"epocs": 3}})
     msg = str(e.value)
     assert msg.startswith("train.epocs: unknown key") and "epochs" in msg and "batch_size" in msg
-    with pytest.raises(ConfigError, match=r"^trian: unknown key; allowed keys: name, description, data"):
+    with pytest.raises(ConfigError, match=r"^trian: unknown key; allowed keys: name, description, schedule, data"):
         job_from_dict({"trian": {}})
 
 
@@ -60,6 +60,9 @@ def test_bad_value_names_allowed_values():
     ({"method": {"lambda_choices": [0.1, 1.0]}}, r"method.lambda_choices: OAT/OATS need 0.0"),
     ({"model": {"widths": [0.5, 1.0]}}, r"model.widths: .*only OATS"),
     ({"method": {"name": "oats"}, "model": {"widths": [0.5, 0.75]}}, r"must include 1.0"),
+    ({"model": {"widths": [0.0]}}, r"model.widths\[0\]: 0.0 must lie in \(0, 1\]"),
+    ({"sweep": {"widths": [0.5, 0.5]}}, r"sweep.widths: .*without repeats"),
+    ({"sweep": {"widths": [1.5]}}, r"sweep.widths\[0\]: 1.5 must lie in \(0, 1\]"),
     ({"attack": {"eps": -0.1}}, r"attack.eps"),
     ({"train": {"epochs": 0}}, r"train.epochs: 0 must be >= 1"),
     ({"eval": {"lambdas": [0.25]}}, r"eval.lambdas\[0\]: 0.25 is not a trained λ"),

@@ -118,6 +118,26 @@ def test_slimmable_width_uses_only_leading_channels():
         m.condition(0.3, 0.6)
 
 
+@pytest.mark.parametrize("method", ["pgdat", "oat"])
+def test_one_width_multiplier_builds_a_plain_narrow_model(method):
+    """A dedicated model at width 0.5 (the OATS comparison's per-width baseline) has half the channels in every
+    layer, so about a quarter of the conv weights, and no unused slices."""
+    job = job_from_dict({"data": {"dataset": "svhn"}, "method": {"name": method, "Lambda": 0.3},
+                         "model": {"widths": [0.5]}})
+    half = build_model(spec_from_job(job, 3, 10, [32, 32])).eval()
+    full = reference_model("svhn", method)
+    convs = [mod for mod in half.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert all(tuple(c.weight.shape[:2]) == (c.out_list[0], c.in_list[0]) for c in convs)
+    conv_w = sum(c.weight.numel() for c in convs)
+    full_w = sum(c.weight.numel() for c in full.modules() if isinstance(c, torch.nn.Conv2d))
+    assert 0.24 < conv_w / full_w < 0.27
+    assert half.widths == [0.5] and half.at(0.3).width == 0.5
+    with torch.no_grad():
+        assert half.at(0.3)(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    if method == "oat":  # FiLM sized for the narrow net, not the full one
+        assert 0.2 < film_parameters(half) / film_parameters(full) < 0.3
+
+
 def test_encodings():
     q = encoding_matrix("rand", 16, seed=3)
     torch.testing.assert_close(q @ q.T, torch.eye(16), atol=1e-5, rtol=0)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,7 +29,10 @@ def test_baseline_job_is_the_oat_job_with_a_fixed_lambda():
     base = baseline_job(job, 0.1)
     assert base.method.name == "pgdat" and base.method.Lambda == 0.1 and base.name == "x_pgdat_lam0.1"
     assert base.model.use2BN is False and base.eval.lambdas == [0.1] and base.tracking.register is False
+    assert base.model.widths == [1.0] and base.eval.widths == [1.0]
     assert (base.attack, base.optim, base.train, base.data) == (job.attack, job.optim, job.train, job.data)
+    narrow = baseline_job(job, 0.1, 0.5)
+    assert narrow.name == "x_pgdat_lam0.1_w0.5" and narrow.model.widths == [0.5] and narrow.eval.widths == [0.5]
     assert sweep_lambdas(job) == [0.1, 1.0]
     assert sweep_lambdas(tiny_job()) == [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 
@@ -38,53 +42,107 @@ def test_compare_without_a_sweep_is_one_clear_error(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("oat: error: ") and "Traceback" not in r.stderr
 
 
+def kill_a_train_worker_mid_run(stop: threading.Event, killed: list[str], storage: Path) -> None:
+    """Once a trial has reported its first checkpoint (so it is training, with epochs to go), kill a Ray Train
+    worker process, as a lost node would. The trial fails and Tune retries it (``sweep.max_failures``)."""
+    import psutil
+
+    while not stop.is_set() and not list(storage.glob("*/checkpoint_*")):
+        time.sleep(0.1)
+    while not stop.is_set():
+        for proc in psutil.process_iter(["cmdline"]):
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker"):
+                proc.kill()
+                killed.append(str(proc.pid))
+                return
+        time.sleep(0.1)
+
+
 @pytest.fixture(scope="module")
 def sweep_run(ray_cluster, mlflow_uri, tmp_path_factory):
+    """Four trials (λ ∈ {0, 1} × widths {1, 0.5}); one trial's training worker is killed mid-run."""
     tmp = tmp_path_factory.mktemp("sweep")
-    job = tiny_job(name="tiny_sw", train={"epochs": 2}, sweep={"lambdas": [0.0, 1.0], "max_concurrent_trials": 2},
+    job = tiny_job(name="tiny_sw", train={"epochs": 3, "max_steps_per_epoch": 12},
+                   sweep={"lambdas": [0.0, 1.0], "widths": [1.0, 0.5], "max_concurrent_trials": 2,
+                          "max_failures": 1},
                    ray={"num_workers": 1, "storage_path": str(tmp / "ray")},
                    tracking={"experiment": "sweeps", "system_metrics": False})
     (tmp / "job.yaml").write_text(job.to_yaml())
+    stop, killed = threading.Event(), []
+    killer = threading.Thread(target=kill_a_train_worker_mid_run, args=(stop, killed, tmp / "ray"), daemon=True)
+    killer.start()
     t0 = time.monotonic()
-    r = oat("sweep", str(tmp / "job.yaml"), "--out", str(tmp / "out"), "--mlflow", mlflow_uri, env=ray_cluster.env())
+    try:
+        r = oat("sweep", str(tmp / "job.yaml"), "--out", str(tmp / "out"), "--mlflow", mlflow_uri,
+                env=ray_cluster.env())
+    finally:
+        stop.set()
+        killer.join()
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return {"tmp": tmp, "job": tmp / "job.yaml", "first_s": time.monotonic() - t0, "env": ray_cluster.env()}
+    return {"tmp": tmp, "job": tmp / "job.yaml", "first_s": time.monotonic() - t0, "env": ray_cluster.env(),
+            "killed": killed, "stdout": r.stdout}
 
 
 def test_sweep_trains_one_tracked_ray_train_run_per_lambda(sweep_run, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     summary = json.loads((sweep_run["tmp"] / "out" / "sweep.json").read_text())
-    assert [t["lambda"] for t in summary["trials"]] == [0.0, 1.0] and not summary["errors"]
+    assert [(t["lambda"], t["width"]) for t in summary["trials"]] == [(0.0, 1.0), (1.0, 1.0), (0.0, 0.5), (1.0, 0.5)]
+    assert not summary["errors"]
     for t in summary["trials"]:
         (p,) = t["points"]
-        assert p["method"] == "pgdat" and p["lambda"] == t["lambda"] and 0 <= p["robust_acc"] <= p["clean_acc"] + 1
+        assert p["method"] == "pgdat" and p["lambda"] == t["lambda"] and p["width"] == t["width"]
+        assert 0 <= p["robust_acc"] <= p["clean_acc"] + 1
         assert t["train_worker_s"] > 0 and Path(t["checkpoint"]).name == "final"
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name("sweeps")
     (parent,) = c.search_runs([exp.experiment_id], "attributes.run_name = 'tiny_sw_sweep'")
     kids = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(k.info.run_name for k in kids) == ["tiny_sw_sweep_lam0", "tiny_sw_sweep_lam1"]
+    assert sorted(k.info.run_name for k in kids) == ["tiny_sw_sweep_lam0", "tiny_sw_sweep_lam0_w0.5",
+                                                     "tiny_sw_sweep_lam1", "tiny_sw_sweep_lam1_w0.5"]
     for k in kids:
         assert k.data.params["method.name"] == "pgdat" and k.info.status == "FINISHED"
-        assert [m.step for m in c.get_metric_history(k.info.run_id, "loss")] == [1, 2]
-    assert parent.info.status == "FINISHED" and "test/robust_acc/lam_1" in parent.data.metrics
+        # every epoch arrives (the retried trial may report the epoch it was killed in once more)
+        assert sorted({m.step for m in c.get_metric_history(k.info.run_id, "loss")}) == [1, 2, 3]
+    assert parent.info.status == "FINISHED" and "test/robust_acc/lam_1/w_0.5" in parent.data.metrics
+
+
+def test_a_trial_whose_worker_dies_is_retried_and_the_sweep_completes(sweep_run):
+    """The fixture killed one trial's Ray Train worker while it trained; Tune retried the trial
+    (sweep.max_failures: 1), which resumed its TorchTrainer, and every trial finished (asserted above)."""
+    assert len(sweep_run["killed"]) == 1, "no training worker lived long enough to be killed"
+    summary = json.loads((sweep_run["tmp"] / "out" / "sweep.json").read_text())
+    assert len(summary["trials"]) == 4 and not summary["errors"]
+    assert sum(t["retries"] for t in summary["trials"]) == 1
+    assert "retried from its last checkpoint" in sweep_run["stdout"]
+
+
+def test_a_narrow_dedicated_model_has_a_quarter_of_the_weights(sweep_run):
+    import torch
+
+    summary = json.loads((sweep_run["tmp"] / "out" / "sweep.json").read_text())
+    sizes = {}
+    for t in summary["trials"]:
+        state = torch.load(Path(t["checkpoint"]) / "final.pt", map_location="cpu", weights_only=True)
+        sizes[t["width"]] = sum(v.numel() for k, v in state["state_dict"].items() if k.endswith("conv2.weight"))
+    assert sizes[0.5] * 4 == sizes[1.0]
 
 
 def test_resubmitted_sweep_resumes_instead_of_training_again(sweep_run, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
+    c = MlflowClient(mlflow_uri)
+    exp = c.get_experiment_by_name("sweeps")
+    (kid,) = c.search_runs([exp.experiment_id], "attributes.run_name = 'tiny_sw_sweep_lam1'")
+    before = len(c.get_metric_history(kid.info.run_id, "loss"))
     t0 = time.monotonic()
     r = oat("sweep", str(sweep_run["job"]), "--out", str(sweep_run["tmp"] / "out"), "--mlflow", mlflow_uri,
             env=sweep_run["env"])
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "resuming sweep tiny_sw_sweep" in r.stdout
     assert time.monotonic() - t0 < sweep_run["first_s"]
-    c = MlflowClient(mlflow_uri)
-    exp = c.get_experiment_by_name("sweeps")
     assert len(c.search_runs([exp.experiment_id], "attributes.run_name = 'tiny_sw_sweep_lam0'")) == 1
-    (kid,) = c.search_runs([exp.experiment_id], "attributes.run_name = 'tiny_sw_sweep_lam1'")
-    assert len(c.get_metric_history(kid.info.run_id, "loss")) == 2
+    assert len(c.get_metric_history(kid.info.run_id, "loss")) == before  # nothing trained again
 
 
 @pytest.fixture(scope="module")
@@ -108,18 +166,39 @@ def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, m
     assert [row["lambda"] for row in res["rows"]] == [0.0, 1.0]
     oat_pts = {p["lambda"]: p for p in json.loads((oat_dir / "eval.json").read_text())["points"]}
     sweep = json.loads((sweep_run["tmp"] / "out" / "sweep.json").read_text())
-    for row, trial in zip(res["rows"], sweep["trials"]):
+    for row, trial in zip(res["rows"], sweep["trials"][:2]):  # the full-width trials come first
         assert row["delta_robust"] == pytest.approx(oat_pts[row["lambda"]]["robust_acc"]
                                                     - trial["points"][0]["robust_acc"])
     hist = json.loads((oat_dir / "history.json").read_text())
     assert res["cost"]["oat_worker_s"] == pytest.approx(sum(h["seconds"] for h in hist))
-    assert res["cost"]["sweep_worker_s"] == pytest.approx(sweep["train_worker_s"])
+    full = [t for t in sweep["trials"] if t["width"] == 1.0]
+    assert res["cost"]["sweep_worker_s"] == pytest.approx(sum(t["train_worker_s"] for t in full))
+    assert res["cost"]["dedicated_models"] == 2
     assert "training cost" in r.stdout and (tmp_path / "cmp" / "compare.png").stat().st_size > 10_000
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name("sweeps")
     (run,) = c.search_runs([exp.experiment_id], "tags.kind = 'comparison'")
     assert run.data.metrics["delta_robust/lam_1"] == pytest.approx(res["rows"][1]["delta_robust"])
     assert {f.path for f in c.list_artifacts(run.info.run_id)} >= {"compare.png", "compare.json", "compare.txt"}
+
+
+def test_oats_widths_are_compared_with_dedicated_models_of_the_same_width(sweep_run):
+    tmp = sweep_run["tmp"]
+    r = oat("train", str(sweep_run["job"]), "--out", str(tmp / "oats"), "--quiet", "--set", "method.name=oats",
+            "--set", "model.widths=[0.5, 1.0]", "--set", "eval.widths=[0.5, 1.0]", "--set", "train.epochs=1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = oat("compare", str(tmp / "oats"), str(tmp / "out"), "--out", str(tmp / "cmp_oats"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp / "cmp_oats" / "compare.json").read_text())
+    sweep = json.loads((tmp / "out" / "sweep.json").read_text())
+    by_key = {(t["lambda"], t["width"]): t["points"][0] for t in sweep["trials"]}
+    assert {(row["lambda"], row["width"]) for row in res["rows"]} == set(by_key)
+    for row in res["rows"]:
+        assert row["dedicated_width"] == row["width"]
+        assert row["dedicated_robust_acc"] == by_key[(row["lambda"], row["width"])]["robust_acc"]
+    assert res["cost"]["dedicated_models"] == 4
+    assert res["cost"]["sweep_worker_s"] == pytest.approx(sweep["train_worker_s"])
+    assert "width 0.5\n" in r.stdout and "compared with full width" not in r.stdout
 
 
 def test_tradeoff_notebook_reads_the_comparison_from_mlflow(comparison, mlflow_uri, monkeypatch):

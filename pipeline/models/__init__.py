@@ -94,12 +94,13 @@ class RobustNet(nn.Module):
             raise ValueError(f"λ {bad} was not trained; this model accepts λ ∈ {self.lambdas}{hint}")
         return hit.float().argmax(1)
 
-    def condition(self, lam: float | Sequence[float] | Tensor, width: float = 1.0) -> Cond:
-        """The Cond for per-sample λ (a float: every sample the same) at one width.
+    def condition(self, lam: float | Sequence[float] | Tensor, width: float | None = None) -> Cond:
+        """The Cond for per-sample λ (a float: every sample the same) at one width (None: the widest trained,
+        which for a one-width model at 0.5 is 0.5).
 
         λ values live on the CPU (the sampler's), so routing is decided without a device sync.
         """
-        wi = self.width_index(width)
+        wi = self.width_index(self.widths[-1] if width is None else width)
         device = self.encoding_matrix.device
         if isinstance(lam, Tensor):
             lam_t = lam.detach().to("cpu", torch.float64).reshape(-1)

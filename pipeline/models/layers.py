@@ -104,7 +104,8 @@ class CondNorm(nn.Module):
         self.active = [max(1, int(channels * w)) for w in widths]
         self.bn_c = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active)
         self.bn_a = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active) if dual else None
-        self.film = FiLM(film_dim, channels, self.active) if film_dim else None
+        # sized for the widest active width: a one-width model at 0.5 is a plain half-width model throughout
+        self.film = FiLM(film_dim, max(self.active), self.active) if film_dim else None
 
     def forward(self, x: Tensor, cond: Cond) -> Tensor:
         wi = cond.width_idx
