@@ -9,4 +9,6 @@ echo "[test] ruff"
 echo "[test] mypy pipeline"
 .venv/bin/mypy pipeline
 echo "[test] pytest"
-.venv/bin/python -m pytest "$@"
+# two processes (pytest-xdist), a test file per process at a time: the suite waits on Ray, MLflow and S3 start-ups
+# as much as it computes. OAT_TEST_WORKERS=0 runs it in one process.
+.venv/bin/python -m pytest -n "${OAT_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -59,15 +59,19 @@ def atomic_write_text(text: str, path: str | Path) -> None:
         f.write(text)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's final.pt (else its latest.pt)."""
     path = Path(path)
     if path.is_dir():
         for name in ("final.pt", "latest.pt"):
             if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path} is a folder with no final.pt or latest.pt in it")
+                return path / name
+        raise CheckpointError(f"{path} is a folder with no final.pt or latest.pt in it")
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = resolve_checkpoint(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -2,13 +2,16 @@
 
     oat train JOB.yaml [--set k=v ...] [--out DIR] [--fresh]
     oat train --method oat --ds cifar10 -b 128 -e 200 --lr 0.1 --use2BN      (the official flags)
-    oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd --steps 20] [--json FILE]
+    oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd autoattack ..] [--sanity] [--json FILE]
+    oat report RUN_OR_CHECKPOINT [--attack ..] [--mlflow [URI]]   (HTML: AutoAttack, PGD, sanity checks)
     oat demo [--out DIR]
     oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
     oat run JOB.yaml [--set k=v ...] [--name N] [--storage PATH] [--out DIR]      (Ray Train)
     oat submit JOB.yaml [--address http://HEAD:8265] [--no-wait]                  (Ray job API)
     oat sweep JOB.yaml [--set k=v ...] [--name N] [--storage PATH]      (Ray Tune: PGDAT per fixed λ)
     oat compare OAT_RUN_DIR SWEEP_DIR [--mlflow [URI]]          (table, plot, compute cost; MLflow run)
+    oat retrain JOB.yaml [--force] [--mlflow [URI]]      (retrain if the data or the champion is stale; gate)
+    oat schedule JOB.yaml                                 (the job's cron schedule: retrain, no overlaps)
     oat stack up | down | status | env                                           (local S3 + MLflow + Ray)
     oat track sync RUN_DIR                                  (deliver MLflow events kept while it was down)
     train / run / submit take --mlflow [URI]: track the run in MLflow
@@ -121,61 +124,103 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .api import load_model
-    from .attacks import PGD
-    from .checkpoint import load_checkpoint
-    from .config import job_from_dict
-    from .data import open_data
-    from .evaluate import evaluate_model, plot_tradeoff, points_table, write_points
-    from .train import autocast_for, resolve_device
+    from .evaluate import plot_tradeoff, points_table, write_points
+    from .report import assess, summary_table, warn_failed
 
-    ckpt = load_checkpoint(a.checkpoint)
-    sets = list(a.overrides)
-    if a.data_root:
-        sets.append(f"data.root={a.data_root}")
-    job = job_from_dict(ckpt["job"], sets)
-    device = resolve_device(a.device or job.train.device)
-    model = load_model(a.checkpoint, device)
-    lambdas = a.lambdas if a.lambdas is not None else model.lambdas
-    widths = a.widths if a.widths is not None else model.widths
-    for lam in lambdas:  # fail before any work on an untrained λ / width
-        for w in widths:
-            model.condition(lam, w)
-    if a.norm:
-        job.attack.norm = a.norm
-    if a.eps is not None:
-        job.attack.eps = a.eps
-    job.attack.step_size = None
-    attack = PGD.from_config(job.attack, a.steps)
-    data = open_data(job.data, threads=job.train.threads)
-    loader = data.loader("test", a.batch_size or job.eval.batch_size, device=device, limit=a.max_images)
-    pts = evaluate_model(model, loader, lambdas, widths, attack, autocast_for(job, device))
-    print(points_table(pts, f"{a.checkpoint}: {data.name} test split"))
-    out_json = Path(a.json) if a.json else Path(a.checkpoint).with_suffix("").parent / "evaluate.json"
-    write_points(pts, out_json, {"split": "test", "dataset": data.name, "checkpoint": str(a.checkpoint),
-                                 "attack_settings": attack.describe()})
+    out_json = Path(a.json) if a.json else _beside(a.checkpoint) / "evaluate.json"
+    state = Path(a.state) if a.state else out_json.with_suffix(".state")
+    res = assess(a.checkpoint, attacks=a.attack, steps=a.steps, restarts=a.restarts, norm=a.norm, eps=a.eps,
+                 lambdas=a.lambdas, widths=a.widths, max_images=a.max_images, batch_size=a.batch_size,
+                 device=a.device, data_root=a.data_root, overrides=a.overrides, state_dir=state,
+                 sanity=a.sanity, sanity_images=a.sanity_images, seed=a.seed)
+    print(points_table(res.points, f"{res.checkpoint}: {res.dataset} test split"))
+    if len(a.attack) > 1:
+        print("\n" + summary_table(res))
+    extra = {"split": "test", "dataset": res.dataset, "checkpoint": res.checkpoint, "attack_settings": res.attacks}
+    if res.checks:
+        extra["sanity_checks"] = [c.to_dict() for c in res.checks]
+        print("\nsanity checks: " + ", ".join(f"{c.name} {'passed' if c.passed else 'FAILED'}" for c in res.checks))
+    write_points(res.points, out_json, extra)
     png = Path(a.plot) if a.plot else out_json.with_suffix(".png")
-    plot_tradeoff({model.spec.method.upper(): pts}, png, title=f"{job.name}: {data.name} test split")
+    by: dict[str, list] = {}
+    for p in res.points:
+        by.setdefault(p.attack, []).append(p)
+    plot_tradeoff({f"{res.method.upper()} {k}": v for k, v in by.items()}, png,
+                  title=f"{res.job_name}: {res.dataset} test split")
     print(f"wrote {out_json} and {png}")
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    warn_failed(res)
     return 0
+
+
+def _beside(target: str) -> Path:
+    p = Path(target)
+    return p if p.is_dir() else p.parent
+
+
+def _add_attack_args(p: argparse.ArgumentParser, default: list[str]) -> None:
+    from .robustness import ATTACKS
+
+    p.add_argument("--attack", nargs="+", choices=ATTACKS, default=default,
+                   help="attacks (several: also the per-image worst case over them); autoattack = the standard "
+                        "ensemble APGD-CE, APGD-T, FAB-T, Square")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts (robust only if it survives all)")
+    p.add_argument("--eps", type=float, help="default: the training ε")
+    p.add_argument("--norm", choices=["linf", "l2"], help="default: the training norm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lambdas", type=float, nargs="+", help="λ values (default: every trained λ)")
+    p.add_argument("--widths", type=float, nargs="+", help="widths (default: every trained width)")
+    p.add_argument("--data-root", help="where the data set lives, if not where training found it")
+    p.add_argument("--max-images", type=int, help="evaluate on the first N test images only")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--state", help="folder that makes a long evaluation restartable (default: beside the output)")
+    p.add_argument("--sanity-images", type=int, default=200, help="images for the sanity checks")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="trade-off curve of a checkpoint on the test split")
     p.add_argument("checkpoint", help="a .pt file or a run folder (final.pt, else latest.pt)")
-    p.add_argument("--lambdas", type=float, nargs="+", help="λ values (default: every trained λ)")
-    p.add_argument("--widths", type=float, nargs="+", help="widths (default: every trained width)")
-    p.add_argument("--attack", choices=["pgd"], default="pgd")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--eps", type=float, help="default: the training ε")
-    p.add_argument("--norm", choices=["linf", "l2"])
+    _add_attack_args(p, ["pgd"])
+    p.add_argument("--sanity", action="store_true", help="also run the gradient-masking sanity checks")
     p.add_argument("--json", help="output JSON (default: evaluate.json beside the checkpoint)")
     p.add_argument("--plot", help="output PNG (default: the JSON's name with .png)")
-    p.add_argument("--data-root", help="where the data set lives, if not where training found it")
-    p.add_argument("--max-images", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import assess, log_report, summary_table, warn_failed, write_report
+
+    out = Path(a.out) if a.out else _beside(a.target) / "report"
+    res = assess(a.target, attacks=a.attack, steps=a.steps, restarts=a.restarts, norm=a.norm, eps=a.eps,
+                 lambdas=a.lambdas, widths=a.widths, max_images=a.max_images, batch_size=a.batch_size,
+                 device=a.device, data_root=a.data_root, overrides=a.overrides,
+                 state_dir=Path(a.state) if a.state else out / "state", sanity=not a.no_sanity,
+                 sanity_images=a.sanity_images, seed=a.seed)
+    files = write_report(res, out)
+    print("\n" + summary_table(res))
+    if res.checks:
+        print("\nsanity checks: " + ", ".join(f"{c.name} {'passed' if c.passed else 'FAILED'}" for c in res.checks))
+    print(f"\nreport: {files['html']} (data: {files['json']})")
+    if a.mlflow is not None:
+        log_report(res, files, a.mlflow or None, a.experiment)
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    warn_failed(res)
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="robustness report (HTML): every attack, sanity checks, exact settings")
+    p.add_argument("target", help="a run folder or a checkpoint")
+    _add_attack_args(p, ["pgd", "autoattack"])
+    p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking sanity checks")
+    p.add_argument("--out", help="output folder (default: report/ beside the checkpoint)")
+    p.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                   help="log the report to MLflow: into the training run when the folder was tracked")
+    p.add_argument("--experiment", default="oat", help="experiment of a new report run (default: oat)")
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -268,6 +313,35 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default="oat", help="MLflow experiment of the comparison run")
 
 
+def cmd_retrain(a: argparse.Namespace) -> int:
+    from .config import load_job
+    from .retrain import retrain
+
+    job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
+    retrain(job, force=a.force, progress=not a.quiet)
+    return 0
+
+
+def cmd_schedule(a: argparse.Namespace) -> int:
+    from .schedule import Scheduler
+
+    return Scheduler(a.job, a.overrides).run(max_fires=a.max_fires)
+
+
+def _add_retrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("retrain", help="retrain the registered model if there is reason to; promote it only if "
+                                       "it passes the gate against the champion")
+    p.add_argument("job", help="the job YAML (its retrain section: max_age_days, init, the gate)")
+    p.add_argument("--force", action="store_true", help="retrain even if the data and the champion are current")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    _add_mlflow_arg(p)
+    p = sub.add_parser("schedule", help="run the job's retraining schedule (cron, UTC) on this machine")
+    p.add_argument("job", help="the job YAML (its schedule: \"0 3 * * 0\")")
+    p.add_argument("--max-fires", type=int, help="stop after this many fire times (default: run until stopped)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from .submit import submit
 
@@ -348,11 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_report(sub)
     _add_data(sub)
     _add_run(sub)
     _add_submit(sub)
     _add_sweep(sub)
     _add_compare(sub)
+    _add_retrain(sub)
     _add_stack_track(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
@@ -374,7 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare,
                 "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track, "sweep": cmd_sweep,
-                "compare": cmd_compare}
+                "compare": cmd_compare, "report": cmd_report, "retrain": cmd_retrain, "schedule": cmd_schedule}
     try:
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, StackError, TrackingError,

@@ -42,6 +42,7 @@ class RunResult:
     out: Path | None  # the local copy of the final run folder
     metrics: dict[str, Any]
     seconds: float
+    tracking: RunInfo | None = None  # the run's MLflow run (tracking on)
 
 
 def flat_metrics(record: dict[str, Any]) -> dict[str, Any]:
@@ -218,14 +219,16 @@ def fit_trainer(job: JobConfig, run_name: str, spath: str | None, fs: Any, info:
 
 
 def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
-            address: str | None = None, out: str | Path | None = None, label: str = "") -> RunResult:
+            address: str | None = None, out: str | Path | None = None, label: str = "",
+            source: str = "oat run", tags: dict[str, str] | None = None) -> RunResult:
     """Run ``job`` on Ray; returns where its checkpoints are and, with ``out``, a local copy of the run."""
     t0 = time.perf_counter()
     r = job.ray
     run_name = name or r.name or job.name
     where = storage_path or r.storage_path or "~/ray_results"
     spath, fs = _storage(storage_path or r.storage_path)
-    info = begin_tracking(job, run_name, where)  # before Ray starts anything: a bad URI or store fails here
+    # before Ray starts anything: a bad URI or store fails here
+    info = begin_tracking(job, run_name, where, source=source, tags=tags)
     ray_init(address)
     result = fit_trainer(job, run_name, spath, fs, info, label)
     ckpt = result.checkpoint
@@ -235,4 +238,4 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
         with ckpt.as_directory() as d:
             shutil.copytree(d, local, dirs_exist_ok=True)
     return RunResult(run_name, f"{where.rstrip('/')}/{run_name}", ckpt.path if ckpt is not None else None, local,
-                     dict(result.metrics or {}), time.perf_counter() - t0)
+                     dict(result.metrics or {}), time.perf_counter() - t0, info)

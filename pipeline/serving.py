@@ -84,9 +84,11 @@ def requirements() -> list[str]:
             "pyyaml"]
 
 
-def register_model(info: Any, checkpoint: Path, name: str, alias: str | None) -> int:
+def register_model(info: Any, checkpoint: Path, name: str, alias: str | None,
+                   curve: dict[str, str] | None = None) -> int:
     """Log the checkpoint as this run's pyfunc and register it as ``name`` (alias ``alias``); a run already
-    registered under ``name`` is not registered twice. Returns the model version."""
+    registered under ``name`` is not registered twice. ``curve``: the test curve as tags (``eval_attack``,
+    ``clean_acc``, ``robust_acc``; see ``tracking.curve_tags``). Returns the model version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -117,7 +119,7 @@ def register_model(info: Any, checkpoint: Path, name: str, alias: str | None) ->
         spec = model.spec
         for k, v in {"method": spec.method, "backbone": spec.backbone, "lambdas": ",".join(f"{x:g}" for x in
                      model.lambdas), "widths": ",".join(f"{x:g}" for x in model.widths), "run_id": info.run_id,
-                     "input_shape": "x".join(map(str, model.input_shape))}.items():
+                     "input_shape": "x".join(map(str, model.input_shape)), **(curve or {})}.items():
             client.set_model_version_tag(name, str(version), k, str(v))
     if alias:
         client.set_registered_model_alias(name, alias, str(version))

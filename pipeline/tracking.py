@@ -89,10 +89,51 @@ def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
 
 
 def points_metrics(points: Iterable[Mapping[str, Any]], prefix: str) -> dict[str, float]:
+    """``test/clean_acc/lam_0.1``, ``test/robust_acc/lam_0.1`` (PGD) and ``test/robust_acc_autoattack/lam_0.1``
+    (any other attack: its name after ``robust_acc_``)."""
     out: dict[str, float] = {}
     for p in points:
-        out[metric_key(f"{prefix}/clean_acc", p["lambda"], p["width"])] = float(p["clean_acc"])
-        out[metric_key(f"{prefix}/robust_acc", p["lambda"], p["width"])] = float(p["robust_acc"])
+        attack = p.get("attack", "pgd")
+        if attack == "pgd":
+            out[metric_key(f"{prefix}/clean_acc", p["lambda"], p["width"])] = float(p["clean_acc"])
+        name = "robust_acc" if attack == "pgd" else f"robust_acc_{attack}"
+        out[metric_key(f"{prefix}/{name}", p["lambda"], p["width"])] = float(p["robust_acc"])
+    return out
+
+
+def curve_tags(points: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The test curve as model-version tags: ``eval_attack``, and ``clean_acc`` / ``robust_acc`` as
+    ``λ:value`` lists (``λ@width:value`` for OATS widths below 1), in %."""
+    head = headline_points(points)
+    if not head:
+        return {}
+
+    def cell(k: tuple[float, float]) -> str:
+        return f"{k[0]:g}" + ("" if k[1] == 1.0 else f"@{k[1]:g}")
+
+    first = next(iter(head.values()))
+    attack = first.get("attack", "pgd")
+    return {"eval_attack": f"PGD-{first.get('steps', '')}" if attack == "pgd" else attack,
+            "eval_eps": f"{float(first.get('eps', 0.0)):.4g} {first.get('norm', 'linf')}",
+            "eval_images": str(first.get("n", "")),
+            "clean_acc": ",".join(f"{cell(k)}:{100 * float(p['clean_acc']):.1f}" for k, p in sorted(head.items())),
+            "robust_acc": ",".join(f"{cell(k)}:{100 * float(p['robust_acc']):.1f}" for k, p in sorted(head.items()))}
+
+
+def headline_points(points: Iterable[Mapping[str, Any]]) -> dict[tuple[float, float], dict[str, Any]]:
+    """Per (λ, width) the point of the strongest attack there is (AutoAttack before PGD), with every attack's
+    robust accuracy under ``by_attack``."""
+    from .evaluate import PREFERENCE
+
+    rank = {a: i for i, a in enumerate(PREFERENCE)}
+    out: dict[tuple[float, float], dict[str, Any]] = {}
+    for p in points:
+        k = (float(p["lambda"]), float(p["width"]))
+        attack = p.get("attack", "pgd")
+        cur = out.get(k)
+        if cur is None or rank.get(attack, 99) < rank.get(cur.get("attack", "pgd"), 99):
+            out[k] = {**p, "by_attack": {**(cur or {}).get("by_attack", {})}}
+        out[k]["by_attack"][attack] = float(p["robust_acc"])
     return out
 
 
@@ -331,11 +372,15 @@ class Tracker:
         self.log_metrics(points_metrics(pts, split), step)
         self._put({"t": "points", "points": pts, "split": split, "ts": int(time.time() * 1000)})
 
-    def register(self, checkpoint: str | Path, name: str, alias: str | None) -> None:
+    def register(self, checkpoint: str | Path, name: str, alias: str | None,
+                 points: Iterable[Mapping[str, Any]] = ()) -> None:
+        """Register the checkpoint; the version's tags quote the test curve of ``points`` (AutoAttack's where
+        it ran, else PGD's)."""
         snap = self.folder / "pending" / f"{len(self._events):06d}" / "model.pt"
         snap.parent.mkdir(parents=True, exist_ok=True)
         _snapshot(Path(checkpoint), snap)
-        self._put({"t": "register", "file": str(snap.relative_to(self.folder)), "name": name, "alias": alias})
+        self._put({"t": "register", "file": str(snap.relative_to(self.folder)), "name": name, "alias": alias,
+                   "curve": curve_tags(points)})
 
     def close(self, status: str = "FINISHED", timeout: float = 120.0) -> int:
         """End the run; wait up to ``timeout`` s for delivery. Returns how many events are still pending."""
@@ -413,7 +458,7 @@ class Tracker:
             if path.is_file():
                 from .serving import register_model
 
-                register_model(self.info, path, e["name"], e["alias"])
+                register_model(self.info, path, e["name"], e["alias"], e.get("curve"))
         elif kind == "end":
             c.set_terminated(run_id, e["status"])
 
@@ -422,7 +467,7 @@ class Tracker:
         from mlflow.entities import Metric, Param
 
         c, info = self._client, self.info
-        for p in points:
+        for p in headline_points(points).values():
             key = f"{info.run_id}:{split}:{p['lambda']:g}:{p['width']:g}"
             found = c.search_runs([info.experiment_id], f"tags.oat_point = '{key}'", max_results=1)
             method = str(p.get("method", "")).upper()
@@ -433,11 +478,14 @@ class Tracker:
                     "" if p["width"] == 1.0 else f" w={p['width']:g}")
                 rid = c.create_run(info.experiment_id, run_name=name, tags={
                     "mlflow.parentRunId": info.run_id, "oat_point": key, "method": method, "split": split}).info.run_id
+            attack = p.get("attack", "pgd")
             c.log_batch(rid, params=[Param("method", method), Param("lambda", f"{p['lambda']:g}"),
                                      Param("width", f"{p['width']:g}"),
-                                     Param("attack", f"{p.get('attack', 'pgd')}-{p.get('steps', '')}")],
+                                     Param("attack", f"pgd-{p.get('steps', '')}" if attack == "pgd" else attack)],
                         metrics=[Metric("clean_acc", float(p["clean_acc"]), ts, 0),
-                                 Metric("robust_acc", float(p["robust_acc"]), ts, 0)])
+                                 Metric("robust_acc", float(p["robust_acc"]), ts, 0)]
+                        + [Metric(f"robust_acc_{a}", v, ts, 0) for a, v in p["by_attack"].items()
+                           if len(p["by_attack"]) > 1])
             c.set_terminated(rid, "FINISHED")
 
     def _system_metrics(self, interval: float) -> None:
@@ -550,7 +598,7 @@ def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[An
         tracker.log_points([p.to_dict() for p in points], "test", step)
     t = job.tracking
     if t.register and (out / "final.pt").is_file():
-        tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias)
+        tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias, [p.to_dict() for p in points])
     t0 = time.monotonic()
     left = tracker.close("FINISHED", timeout=t.flush_timeout_s)
     if left:

@@ -23,6 +23,7 @@ and its counts summed, and rank 0 alone writes files and hands each epoch's fold
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,16 @@ from .checkpoint import FORMAT, CheckpointError, atomic_save, atomic_write_text,
 from .config import JobConfig
 from .data import DataSource, open_data
 from .data.source import Loader
-from .evaluate import Point, evaluate_model, plot_tradeoff, points_table, read_points, write_points
+from .evaluate import (
+    Point,
+    by_attack,
+    evaluate_model,
+    headline_attack,
+    plot_tradeoff,
+    points_table,
+    read_points,
+    write_points,
+)
 from .methods import LambdaSampler, oat_step, oats_step, pgdat_step
 from .models import ModelSpec, RobustNet, build_model, spec_from_job
 from .progress import Progress, fmt_duration
@@ -239,6 +249,21 @@ def fit(job: JobConfig, out_dir: str | Path, *, resume: bool = True, progress: b
         raise
 
 
+def _fetch_init(src: str, job: JobConfig, out: Path) -> Path:
+    """``train.init_from``: a file, or an MLflow artifact URI (``runs:/RUN/checkpoints/final.pt``, ``s3://…``)
+    that each process fetches itself, so a warm start works on any node."""
+    if "://" not in src and not src.startswith(("runs:/", "models:/")):
+        return Path(src)
+    import mlflow
+
+    from .tracking import resolve_uri
+
+    dest = out / "init"
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=str(dest),
+                                                    tracking_uri=resolve_uri(job.tracking.uri)))
+
+
 def _fit(job: JobConfig, out: Path, *, resume: bool, progress: bool, callbacks: Sequence[EpochCallback],
          final_test: bool, label: str, dist: Dist, tracker: Tracker | None) -> TrainResult:
     t_start = time.perf_counter()
@@ -269,6 +294,13 @@ def _fit(job: JobConfig, out: Path, *, resume: bool, progress: bool, callbacks: 
         history = list(ckpt["history"])
         best = BestKeeper(out / "best", ckpt.get("best"))
         start_epoch = int(ckpt["epoch"]) + 1
+    elif tcfg.init_from:  # a warm start (e.g. `oat retrain` from the champion): weights only, same model
+        init = load_checkpoint(_fetch_init(tcfg.init_from, job, out), map_location=device)
+        if ModelSpec.from_dict(init["model_spec"]) != model.spec:
+            raise CheckpointError(f"train.init_from={tcfg.init_from} holds another model "
+                                  f"({init['model_spec']['backbone']}, {init['model_spec']['method']}): "
+                                  "a warm start needs the same model spec")
+        model.load_state_dict(init["state_dict"])
 
     if tcfg.batch_size > data.counts["train"]:
         raise ValueError(f"train.batch_size={tcfg.batch_size} is larger than the training split "
@@ -450,6 +482,27 @@ def _val_line(epoch: int, pts: Sequence[Point]) -> str:
     return f"epoch {epoch + 1} val SA/RA (PGD-{pts[0].steps if pts else 0}) {cells}"
 
 
+def _test_attacks(model: RobustNet, job: JobConfig, data: DataSource, device: torch.device, attacks: Sequence[str],
+                  lambdas: Sequence[float], dist: Dist, progress: Progress | None) -> list[Point]:
+    """AutoAttack (or its components) on the test split: each rank attacks its shard, counts are summed."""
+    from .robustness import AttackSpec, evaluate_attacks, load_test_tensors
+
+    loader = data.loader("test", job.eval.batch_size, device=device, limit=job.eval.max_images,
+                         rank=dist.rank, world_size=dist.world)
+    x, y = load_test_tensors(loader)
+    specs = [AttackSpec(a, job.attack.norm, job.attack.eps, seed=job.train.seed) for a in attacks]
+    log = progress.message if progress is not None and dist.is_main else (lambda _m: None)
+    ev = evaluate_attacks(model, x, y, lambdas, job.eval.widths or [1.0], specs, batch_size=job.eval.batch_size,
+                          log=log)
+    model.eval()
+    local = ev.points  # counts add up over shards, the per-image worst case included
+    counts = torch.tensor([[round(p.clean_acc * p.n), round(p.robust_acc * p.n), p.n] for p in local],
+                          dtype=torch.long, device=device)
+    table = all_reduce_sum(counts, dist).tolist()
+    return [dataclasses.replace(p, clean_acc=c / max(n, 1), robust_acc=r / max(n, 1), n=n)
+            for p, (c, r, n) in zip(local, table)]
+
+
 def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch.device, out: Path, *,
                amp: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                progress: Progress | None = None, dist: Dist | None = None) -> list[Point]:
@@ -460,13 +513,18 @@ def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch
                          rank=dist.rank, world_size=dist.world)
     attack = PGD.from_config(job.attack, job.eval.test_steps)
     lambdas = job.eval.lambdas or job.lambdas
-    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp,
-                         reduce=(lambda t: all_reduce_sum(t, dist)) if dist.world > 1 else None)
+    reduce = (lambda t: all_reduce_sum(t, dist)) if dist.world > 1 else None
+    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp, reduce=reduce)
+    extra = [a for a in job.eval.test_attacks if a != "pgd"]
+    if extra:
+        pts += _test_attacks(model, job, data, device, extra, lambdas, dist, progress)
     if not dist.is_main:
         return pts
     write_points(pts, out / "eval.json", {"split": "test", "dataset": data.name, "attack_settings":
                                           attack.describe(), "job": job.name})
-    plot_tradeoff({job.method.name.upper(): pts}, out / "tradeoff.png", title=f"{job.name} on {data.name} (test)")
+    head = headline_attack(pts)
+    plot_tradeoff({job.method.name.upper(): by_attack(pts, head)}, out / "tradeoff.png",
+                  title=f"{job.name} on {data.name} (test)")
     if progress is not None:
         progress.message(points_table(pts, f"test split, {pts[0].n if pts else 0} images"))
     return pts
