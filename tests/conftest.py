@@ -117,3 +117,13 @@ def stack():
 @pytest.fixture(scope="session")
 def mlflow_uri(stack):
     return stack.mlflow().uri
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`, infra/test.sh) a test file runs whole on one process, so its
+    module fixtures run once. test_retrain and test_tracking share one process and run in that order: the
+    tracking tests stop and restart the stack's services, which the retraining tests need up."""
+    shared = {"test_retrain": "stack", "test_tracking": "stack"}
+    for item in items:
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
+        item.add_marker(pytest.mark.xdist_group(shared.get(module, module)))

@@ -3,8 +3,10 @@ trials tracked in the real MLflow server, and `oat compare` on real runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -43,17 +45,15 @@ def test_compare_without_a_sweep_is_one_clear_error(tmp_path):
 
 
 def kill_a_train_worker_mid_run(stop: threading.Event, killed: list[str], storage: Path) -> None:
-    """Once a trial has reported its first checkpoint (so it is training, with epochs to go), kill a Ray Train
-    worker process, as a lost node would. The trial fails and Tune retries it (``sweep.max_failures``)."""
-    import psutil
-
-    while not stop.is_set() and not list(storage.glob("*/checkpoint_*")):
-        time.sleep(0.1)
+    """Once a trial has reported its first checkpoint (so it is training, with epochs to go), kill its rank-0
+    Ray Train worker, as a lost node would; the checkpoint's workers.json names this run's own processes (other
+    tests may run Ray workers at the same time). The trial fails and Tune retries it (``sweep.max_failures``)."""
     while not stop.is_set():
-        for proc in psutil.process_iter(["cmdline"]):
-            if " ".join(proc.info["cmdline"] or []).startswith("ray::RayTrainWorker"):
-                proc.kill()
-                killed.append(str(proc.pid))
+        for placed in storage.glob("*/epoch_0001/workers.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError, IndexError, ProcessLookupError):
+                pid = int(json.loads(placed.read_text())[0]["pid"])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(str(pid))
                 return
         time.sleep(0.1)
 
