@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 from .checkpoint import atomic_write_text
 from .config import ConfigError, load_job
 from .cron import Cron
+from .stack import _alive  # a pid that runs (a zombie does not)
 
 
 def _now() -> datetime:
@@ -42,20 +42,6 @@ def _iso(t: datetime) -> str:
 
 def _parse(s: str) -> datetime:
     return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (our own finished child not yet reaped) is not running
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 class Scheduler:
