@@ -110,19 +110,18 @@ def assess(target: str | Path, *, attacks: Sequence[str] = ("pgd", "autoattack")
     x, y = load_test_tensors(data.loader("test", bs, device=dev, limit=max_images))
     log(f"{path}: {data.name} test split, {len(y)} images; {', '.join(s.label for s in specs)}; "
         f"{norm} ε={eps:.4g}; λ ∈ {lams}" + ("" if ws == [1.0] else f", widths {ws}"))
-    ev = evaluate_attacks(model, x, y, lams, ws, specs, batch_size=bs, state_dir=state_dir, log=log)
-    result = Assessment(str(path), _sha256(path), job.name, model.spec.method, data.name, len(y), norm, eps,
+    sha = _sha256(path)
+    ev = evaluate_attacks(model, x, y, lams, ws, specs, batch_size=bs, state_dir=state_dir, state_tag=sha, log=log)
+    result = Assessment(str(path), sha, job.name, model.spec.method, data.name, len(y), norm, eps,
                         ev.points, [s.describe(model.spec.num_classes) for s in specs], seconds=dict(ev.seconds),
                         warnings=list(ev.warnings), environment=_environment(dev))
     if sanity:
         lam, w = max(lams), max(ws)  # the most robust point: where masking would matter
         m = min(sanity_images, len(y))
-        known = {}
-        for p in ev.points:  # reuse what ran on the same images (only when they are the same images)
-            if (p.lam, p.width) == (lam, w) and m == len(y) and p.attack in ("pgd", "apgd-ce", "square"):
-                spec = next(s for s in specs if s.name == p.attack)
-                if p.attack != "pgd" or (spec.restarts == 1 and spec.seed == 0):
-                    known[spec.label] = p.robust_acc
+        known = {}  # the base PGD run, when it ran on the same images with the checks' settings
+        for p, spec in ((p, s) for p in ev.points for s in specs if s.name == p.attack == "pgd"):
+            if (p.lam, p.width) == (lam, w) and m == len(y) and spec.restarts == 1 and spec.seed == 0:
+                known[spec.label] = p.robust_acc
         log(f"sanity checks at λ={lam:g}, width {w:g} on {m} images")
         t0 = time.perf_counter()
         result.checks = sanity_checks(model.at(lam, w), x[:m], y[:m], eps=eps, norm=norm, steps=steps,
