@@ -261,3 +261,22 @@ def test_distributed_shards_are_disjoint_and_reseeded_each_epoch(tmp_path):
         assert len(a) == len(b) == 16 and not set(a) & set(b) and sorted(a + b) == list(range(32))
     assert ids(r0[0]) != ids(r0[1])  # a fresh order every epoch
     assert ids(r0[2]) == ids(r0[0]) and ids(r1[2]) == ids(r1[0])  # epoch restored: the same order again
+
+
+def test_the_loader_keeps_torchs_thread_count(digits_set):
+    """Importing FFCV sets torch's intra-op threads to 1 (its compiler's default). The training step must keep
+    the threads it was given: in a fresh process (the import happens once per process), building and iterating
+    a loader leaves torch's thread count as it was."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2)\n"
+            "from pipeline.data import open_data\nfrom pipeline.config import DataConfig\n"
+            f"d = open_data(DataConfig(dataset='digits', beton={str(digits_set)!r}))\n"
+            "ld = d.loader('train', 64, device=torch.device('cpu'), train=True)\n"
+            "seen = [torch.get_num_threads()]\nfor x, y in ld:\n    seen.append(torch.get_num_threads())\n"
+            "print(sorted(set(seen)))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[2]", r.stdout

@@ -31,6 +31,7 @@ _LOADERS: dict[tuple[Any, ...], Any] = {}
 
 def _build(path: Path, batch_size: int, shuffle: bool, drop_last: bool, augment: str | None, device: torch.device,
            seed: int, distributed: bool, workers: int, limit: int | None, count: int, shard: tuple[int, int]) -> Any:
+    threads = torch.get_num_threads()  # before the import: importing FFCV sets torch's thread count to 1
     import numpy as np
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
@@ -50,7 +51,6 @@ def _build(path: Path, batch_size: int, shuffle: bool, drop_last: bool, augment:
     rank, world = shard
     n = count if limit is None else min(limit, count)
     indices = None if n == count and world == 1 else np.arange(n)[rank::world]
-    threads = torch.get_num_threads()
     try:
         return Loader(str(path), batch_size=batch_size, num_workers=workers,
                       order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
