@@ -108,6 +108,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = False
+    compile: bool = False  # torch.compile the backbone (state-dict keys unchanged); pays a compile at start-up
     threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
     accumulate: int = 1  # micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)
@@ -129,6 +130,7 @@ class EvalConfig:
     test_attacks: list[Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]] = field(
         default_factory=lambda: ["pgd"])
     max_images: int | None = None  # cap the images per evaluation (None: all)
+    fuse_lambdas: bool = True  # evaluate all λ of a width in one batched pass (same numbers, fewer kernels)
 
 
 @dataclass

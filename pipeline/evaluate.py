@@ -44,34 +44,63 @@ class Point:
 
 def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                    lambdas: Sequence[float], widths: Sequence[float], attack: PGD,
-                   autocast: Any = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
-                   ) -> list[Point]:
+                   autocast: Any = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   fuse: bool = True) -> list[Point]:
     """SA and RA at every (λ, width) on the same images; one pass over the data. ``reduce`` sums the
-    counts over the ranks that each evaluated a shard (an all-reduce)."""
+    counts over the ranks that each evaluated a shard (an all-reduce).
+
+    ``fuse``: all λ of a width in one batched pass (the batch repeated once per λ, each copy with its own λ
+    code and BN route). In eval mode nothing mixes samples (BN uses running statistics; the attack's loss is
+    a per-sample sum), so the fused pass computes exactly what one pass per λ computes, in fewer, larger
+    kernels (benchmarks/eval_throughput.py); only the random start's draws are laid out differently."""
+    lambdas = [float(v) for v in lambdas]
     keys = [(w, lam) for w in widths for lam in lambdas]
-    conds = {k: model.condition(k[1], k[0]) for k in keys}
-    totals: dict[tuple[float, float], torch.Tensor] = {}
+    fuse = fuse and len(lambdas) > 1 and bool(model.spec.film) and model.spec.method != "pgdat"
+    # BN_c (λ = 0) copies first: the routing is then two views, no gather
+    order = sorted(range(len(lambdas)), key=lambda i: (lambdas[i] != 0.0, i))
+    conds = {k: model.condition(k[1], k[0]) for k in keys} if not fuse else {}
+    fused_conds: dict[tuple[float, int], Any] = {}
+    totals: dict[float, torch.Tensor] = {}  # width -> [K, 2] (clean, robust) in ``lambdas`` order
     n = 0
     was_training = model.training
     model.eval()
     ctx = autocast if autocast is not None else _null
     try:
         for x, y in batches:
-            n += int(y.numel())
-            for k in keys:
-                with torch.no_grad(), ctx():
-                    clean = (model(x, conds[k]).argmax(1) == y).sum()
-                with ctx():
-                    x_adv = attack(model, x, y, conds[k])
-                with torch.no_grad(), ctx():
-                    robust = (model(x_adv, conds[k]).argmax(1) == y).sum()
-                t = torch.stack([clean, robust])
-                totals[k] = t if k not in totals else totals[k] + t
+            b = int(y.numel())
+            n += b
+            for w in widths:
+                if fuse:
+                    if (w, b) not in fused_conds:
+                        fused_conds[(w, b)] = model.condition([lambdas[i] for i in order for _ in range(b)], w)
+                    cond = fused_conds[(w, b)]
+                    xs, ys = x.repeat(len(lambdas), *([1] * (x.dim() - 1))), y.repeat(len(lambdas))
+                    with torch.no_grad(), ctx():
+                        clean = (model(xs, cond).argmax(1) == ys).view(len(lambdas), b).sum(1)
+                    with ctx():
+                        x_adv = attack(model, xs, ys, cond)
+                    with torch.no_grad(), ctx():
+                        robust = (model(x_adv, cond).argmax(1) == ys).view(len(lambdas), b).sum(1)
+                    t = torch.stack([clean, robust], 1)[torch.tensor(order).argsort().to(clean.device)]
+                else:
+                    rows = []
+                    for lam in lambdas:
+                        c = conds[(w, lam)]
+                        with torch.no_grad(), ctx():
+                            clean = (model(x, c).argmax(1) == y).sum()
+                        with ctx():
+                            x_adv = attack(model, x, y, c)
+                        with torch.no_grad(), ctx():
+                            robust = (model(x_adv, c).argmax(1) == y).sum()
+                        rows.append(torch.stack([clean, robust]))
+                    t = torch.stack(rows)
+                totals[w] = t if w not in totals else totals[w] + t
     finally:
         model.train(was_training)
     dev = next(model.parameters()).device
-    counts = torch.stack([totals[k] if k in totals else torch.zeros(2, dtype=torch.long, device=dev)
-                          for k in keys] + [torch.tensor([n, 0], device=dev)]).to(torch.long)
+    zero = torch.zeros(len(lambdas), 2, dtype=torch.long, device=dev)
+    counts = torch.cat([totals.get(w, zero).to(torch.long) for w in widths]
+                       + [torch.tensor([[n, 0]], device=dev)]).to(torch.long)
     if reduce is not None:
         counts = reduce(counts)
     table = counts.tolist()  # one host sync, after the whole pass

@@ -212,7 +212,17 @@ def _prepare(job: JobConfig, device: torch.device) -> tuple[DataSource, RobustNe
     model = build_model(spec_from_job(job, c, data.num_classes, [h, w])).to(device)
     if job.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if job.train.compile:
+        compile_model(model)
     return data, model
+
+
+def compile_model(model: RobustNet, backend: str = "inductor") -> RobustNet:
+    """``torch.compile`` the backbone in place (``nn.Module.compile``: parameters and state-dict keys stay as
+    they are, so checkpoints are the eager model's). The condition (routes, λ codes) is a plain argument, so
+    dynamo guards on it: one graph per route and mode, and shapes go dynamic after the first change."""
+    model.backbone.compile(backend=backend, dynamic=None)
+    return model
 
 
 def _check_resumable(ckpt: dict[str, Any], model: RobustNet, job: JobConfig, path: Path) -> None:
@@ -337,7 +347,8 @@ def _fit(job: JobConfig, out: Path, *, resume: bool, progress: bool, callbacks: 
         sched.step()
         if eval_due(job, epoch):
             pts = evaluate_model(model, val_loader, job.eval.lambdas or [], job.eval.widths or [1.0],
-                                 val_attack, amp, reduce=reduce)
+                                 val_attack, amp, reduce=reduce,
+                                 fuse=job.eval.fuse_lambdas)
             record["val"] = [p.to_dict() for p in pts]
             if main:
                 record["best_updated"] = best.update(pts, epoch, model, job)
@@ -514,7 +525,8 @@ def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch
     attack = PGD.from_config(job.attack, job.eval.test_steps)
     lambdas = job.eval.lambdas or job.lambdas
     reduce = (lambda t: all_reduce_sum(t, dist)) if dist.world > 1 else None
-    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp, reduce=reduce)
+    pts = evaluate_model(model, loader, lambdas, job.eval.widths or [1.0], attack, amp, reduce=reduce,
+                         fuse=job.eval.fuse_lambdas)
     extra = [a for a in job.eval.test_attacks if a != "pgd"]
     if extra:
         pts += _test_attacks(model, job, data, device, extra, lambdas, dist, progress)

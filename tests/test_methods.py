@@ -112,3 +112,32 @@ def test_oat_step_golden_value():
 
 
 GOLDEN_OAT_LOSS = 2.2821249961853027  # recorded with torch 2.14.1 on CPU
+
+
+def test_compiled_backbone_computes_the_eager_step():
+    """`train.compile`: dynamo traces the conditioned backbone (routes, λ codes, the frozen-eval attack) and
+    the OAT step's loss and gradients equal the eager model's. The ``aot_eager`` backend runs the traced
+    graphs without generating kernels (the same tracing and autograd as inductor, seconds instead of a minute
+    of C++ compiling on this CPU); benchmarks/gpu.py times the inductor build on CUDA."""
+    from torch._dynamo.utils import counters
+
+    from pipeline.attacks import PGD
+    from pipeline.train import compile_model
+
+    counters.clear()
+    eager = tiny_model(seed=3).train()
+    compiled = copy.deepcopy(eager)
+    compile_model(compiled, backend="aot_eager")
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    lam = LambdaSampler([0.0, 0.1, 0.2, 0.3, 0.4, 1.0], generator=torch.Generator().manual_seed(0))(12)
+    results = []
+    for m in (eager, compiled):
+        res = oat_step(m, x, y, lam, PGD(0.2, 2, 0.1, random_start=False))
+        res.loss.backward()
+        results.append((res.loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    assert results[1][1].keys() == results[0][1].keys()
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints stay the eager model's
+    assert counters["stats"]["unique_graphs"] >= 2  # it was traced (train route, attack route), not skipped
