@@ -1,11 +1,18 @@
-"""Time per training step: OAT and OATS against PGDAT on the same backbone and batch.
+"""Time per training step: OAT and OATS against PGDAT on the same backbone and batch, and what a whole
+trade-off curve costs each way.
 
     .venv/bin/python -m benchmarks.step_time [--batch 16] [--repeats 3] [--backbones wrn16_8 resnet34]
+                                             [--channels-last]
 
 For each backbone (32×32×3 input, the reference constants: PGD-7, ε = 8/255) it times one optimiser
-step of PGDAT (Λ = 0.5: the attack runs on the whole batch), OAT (PGD on the λ > 0 share only) and
-OATS (three widths), counts the step's FLOPs (torch's FlopCounterMode, on the warm-up step), and
-measures the machine's fp32 matrix-multiply rate in the same run. Medians over ``--repeats`` steps.
+step of PGDAT (Λ = 0.5: the attack runs on the whole batch; Λ = 0: standard training, no attack), OAT
+(PGD on the λ > 0 share only) and OATS (three widths), counts the step's FLOPs (torch's FlopCounterMode,
+on the warm-up step), and measures the machine's fp32 matrix-multiply rate in the same run. Medians over
+``--repeats`` steps. ``--channels-last`` adds the OAT step in channels-last memory format.
+
+The curve: the reference's λ set {0, 0.1, 0.2, 0.3, 0.4, 1} needs one OAT model, or a PGDAT sweep of six
+(one standard-training model and five adversarial ones); for the same epochs and batch the compute ratio
+is t(OAT) / (t(PGDAT Λ=0) + 5·t(PGDAT Λ>0)) (the adversarial PGDAT step does not depend on Λ's value).
 Writes ``benchmarks/results/step_time.json`` and prints a table.
 """
 
@@ -13,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from datetime import datetime, timezone
@@ -22,25 +28,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import machine, matmul_rate
 from pipeline.attacks import PGD
 from pipeline.config import job_from_dict
 from pipeline.methods import LambdaSampler, oat_step, oats_step, pgdat_step
 from pipeline.models import build_model, spec_from_job
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def matmul_rate(n: int = 1024, repeats: int = 20) -> float:
-    """fp32 GFLOP/s of an n×n matrix multiply (median of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / statistics.median(times) / 1e9
 
 
 def _fb_flops(model, width: float, train: bool) -> float:
@@ -54,7 +48,7 @@ def _fb_flops(model, width: float, train: bool) -> float:
             p.requires_grad_(False)
     counter = FlopCounterMode(display=False)
     with counter:
-        model(x, model.condition(0.5 if model.spec.method == "pgdat" else 1.0, width)).sum().backward()
+        model(x, model.condition(model.lambdas[-1], width)).sum().backward()
     for p, f in zip(model.parameters(), flags):
         p.requires_grad_(f)
     model.zero_grad(set_to_none=True)
@@ -67,24 +61,27 @@ def step_flops(model, method: str, batch: int, steps: int, n_zero: int) -> float
     total = 0.0
     for w in (model.widths if method == "oats" else [1.0]):
         train, atk = _fb_flops(model, w, True), _fb_flops(model, w, False)
-        n_adv = batch if method == "pgdat" else batch - n_zero
+        n_adv = batch - n_zero
         total += batch * train + n_adv * (steps * atk + train)
     return total
 
 
-def bench(backbone: str, method: str, batch: int, repeats: int) -> dict:
+def bench(backbone: str, method: str, batch: int, repeats: int, Lambda: float = 0.5,
+          channels_last: bool = False) -> dict:
     job = job_from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": backbone},
-                         "method": {"name": method, "Lambda": 0.5}})
+                         "method": {"name": method, "Lambda": Lambda}})
     torch.manual_seed(0)
     model = build_model(spec_from_job(job, 3, 10, [32, 32])).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     attack = PGD.from_config(job.attack)
     sampler = LambdaSampler(job.method.lambda_choices, generator=torch.Generator().manual_seed(0))
-    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    x, y = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt), torch.randint(0, 10, (batch,))
 
     def step() -> None:
         if method == "pgdat":
-            res = pgdat_step(model, x, y, 0.5, attack)
+            res = pgdat_step(model, x, y, Lambda, attack)
         elif method == "oat":
             res = oat_step(model, x, y, sampler(batch), attack)
         else:
@@ -94,48 +91,69 @@ def bench(backbone: str, method: str, batch: int, repeats: int) -> dict:
         opt.step()
 
     step()  # warm-up
-    flops = step_flops(model, method, batch, attack.steps, sampler.n_zero(batch))
+    n_zero = sampler.n_zero(batch) if method != "pgdat" else (batch if Lambda == 0 else 0)
+    flops = step_flops(model, method, batch, attack.steps, n_zero)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
-    return {"backbone": backbone, "method": method, "batch": batch, "seconds_per_step": sec,
+    name = method if method != "pgdat" else f"pgdat Λ={Lambda:g}"
+    return {"backbone": backbone, "method": name + (" (channels-last)" if channels_last else ""), "batch": batch,
+            "seconds_per_step": sec,
             "seconds_all": times, "images_per_s": batch / sec, "gflop_per_step": flops / 1e9,
             "gflops_achieved": flops / sec / 1e9}
 
 
+def curve_cost(rows: list[dict], backbone: str, n_lambdas: int = 6) -> dict:
+    """Compute of a whole trade-off curve (same epochs and batch): one OAT (or OATS) model against the
+    PGDAT sweep of ``n_lambdas`` models, one of them at Λ = 0."""
+    t = {r["method"]: r["seconds_per_step"] for r in rows if r["backbone"] == backbone}
+    sweep = t["pgdat Λ=0"] + (n_lambdas - 1) * t["pgdat Λ=0.5"]
+    out = {"lambdas": n_lambdas, "sweep_step_s": sweep, "oat_step_s": t["oat"], "oat_vs_sweep": t["oat"] / sweep}
+    if "oats" in t:
+        out.update(oats_step_s=t["oats"], oats_vs_sweep=t["oats"] / sweep)
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backbones", nargs="+", default=["wrn16_8", "resnet34"])
+    ap.add_argument("--channels-last", action="store_true", help="add the OAT step in channels-last format")
     ap.add_argument("--out", default=str(RESULTS / "step_time.json"))
     a = ap.parse_args()
     rate_before = matmul_rate()
-    rows = [bench(bb, m, a.batch, a.repeats) for bb in a.backbones for m in ("pgdat", "oat", "oats")]
+    rows = []
+    for bb in a.backbones:
+        rows.append(bench(bb, "pgdat", a.batch, a.repeats, Lambda=0.0))
+        rows += [bench(bb, m, a.batch, a.repeats) for m in ("pgdat", "oat", "oats")]
+        if a.channels_last:
+            rows.append(bench(bb, "oat", a.batch, a.repeats, channels_last=True))
     rate = max(rate_before, matmul_rate())
     for r in rows:
-        base = next(p for p in rows if p["backbone"] == r["backbone"] and p["method"] == "pgdat")
+        base = next(p for p in rows if p["backbone"] == r["backbone"] and p["method"] == "pgdat Λ=0.5")
         r["vs_pgdat"] = r["seconds_per_step"] / base["seconds_per_step"]
         r["fraction_of_matmul_rate"] = r["gflops_achieved"] / rate
-    doc = {"benchmark": "step_time", "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpu_count": torch.get_num_threads(), "platform": platform.platform(),
-                       "processor": platform.processor(), "python": platform.python_version(),
-                       "torch": torch.__version__},
-           "matmul_gflops_fp32": rate, "config": {"batch": a.batch, "repeats": a.repeats, "input": [3, 32, 32],
-                                                 "attack": "PGD-7 linf 8/255", "pgdat_lambda": 0.5},
-           "results": rows}
+    doc = {"benchmark": "step_time", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine(), "matmul_gflops_fp32": rate,
+           "config": {"batch": a.batch, "repeats": a.repeats, "input": [3, 32, 32], "attack": "PGD-7 linf 8/255",
+                      "vs_pgdat": "PGDAT at Λ = 0.5 (the attack on the whole batch)"},
+           "results": rows, "curve": {bb: curve_cost(rows, bb) for bb in a.backbones}}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"fp32 matmul rate: {rate:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
-    print(f"{'backbone':<9} {'method':<6} {'s/step':>8} {'img/s':>7} {'GFLOP':>8} {'GFLOP/s':>8} "
+    print(f"{'backbone':<9} {'method':<26} {'s/step':>8} {'img/s':>7} {'GFLOP':>8} {'GFLOP/s':>8} "
           f"{'of mm':>6} {'vs PGDAT':>8}")
     for r in rows:
-        print(f"{r['backbone']:<9} {r['method']:<6} {r['seconds_per_step']:>8.2f} {r['images_per_s']:>7.2f} "
+        print(f"{r['backbone']:<9} {r['method']:<26} {r['seconds_per_step']:>8.2f} {r['images_per_s']:>7.2f} "
               f"{r['gflop_per_step']:>8.0f} {r['gflops_achieved']:>8.1f} {r['fraction_of_matmul_rate']:>6.0%} "
               f"{r['vs_pgdat']:>8.2f}")
+    for bb, c in doc["curve"].items():
+        print(f"{bb}: a 6-λ curve with OAT costs {c['oat_vs_sweep']:.2f}× the PGDAT sweep's compute"
+              + (f" (OATS, 3 widths: {c['oats_vs_sweep']:.2f}×)" if "oats_vs_sweep" in c else ""))
     print(f"wrote {a.out}")
 
 
