@@ -32,11 +32,13 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
+    threads = torch.get_num_threads()
     for mod in ("ray", "mlflow", "ffcv", "torchvision"):
         try:
             info[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - a missing optional package is recorded as absent
             info[mod] = None
+    torch.set_num_threads(threads)  # importing FFCV sets it to 1
     return info
 
 

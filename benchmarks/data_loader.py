@@ -18,20 +18,16 @@ Writes ``benchmarks/results/data_loader.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pickle
-import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, write_result
 
 
 def write_cifar_like(root: Path, n_train: int, n_test: int = 1000) -> None:
@@ -142,16 +138,12 @@ def main() -> None:
         tv = bench_torchvision(root, a.workers, a.epochs, a.val)
         wait = bench_oat_wait(root, a.workers, a.val, a.oat_steps, a.oat_epochs)
     result = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                    "torch": torch.__version__},
         "dataset": {"shape": [3, 32, 32], "train_images": a.images - a.val, "augmentation": "pad-4 crop + flip",
                     "batch": 256, "workers": a.workers},
         "ffcv": ffcv, "torchvision": tv, "speedup": ffcv["img_per_s"] / tv["img_per_s"],
         "prepare_plus_ffcv_bench_s": prep_and_ffcv, "oat_data_wait": wait,
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
+    write_result("data_loader", result, a.out)
     print(f"\n{'loader':<12} {'img/s':>10} {'warm-up epoch':>14}")
     for name in ("ffcv", "torchvision"):
         r = result[name]

@@ -4,7 +4,7 @@ throughput of 1 and 2 workers on this machine.
     .venv/bin/python -m benchmarks.ray_overhead [--epochs 4] [--steps 18]
 
 The job is jobs/digits_oat.yaml (OAT, small CNN, PGD-7, global batch 64), ``--epochs`` epochs of
-``--steps`` steps, validation only at the end. Epoch time is the mean over epochs after the first (the
+``--steps`` steps, validation only at the end. Epoch time is the median over epochs after the first (the
 first holds FFCV's JIT compile in every variant). Start-up (Ray start, worker group, imports, loaders) is
 what the wall-clock time adds on top of the epochs and the final test. A local Ray is started for each
 Ray variant, as `oat run` does without RAY_ADDRESS.
@@ -19,18 +19,18 @@ import os
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, write_result
+
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "digits_oat.yaml"
 
 
 def epochs_of(history: list[dict]) -> dict:
     later = [h["seconds"] for h in history[1:]]
-    return {"epoch_s": statistics.mean(later), "first_epoch_s": history[0]["seconds"],
-            "images_per_s": statistics.mean(h["images_per_s"] for h in history[1:]),
-            "data_wait_share": statistics.mean(h["data_wait_share"] for h in history[1:])}
+    return {"epoch_s": statistics.median(later), "first_epoch_s": history[0]["seconds"],
+            "images_per_s": statistics.median(h["images_per_s"] for h in history[1:]),
+            "data_wait_share": statistics.median(h["data_wait_share"] for h in history[1:])}
 
 
 def main() -> None:
@@ -70,11 +70,12 @@ def main() -> None:
     one = results[f"oat run, 1 worker × {cpus} CPU"]
     for r in results.values():
         r["epoch_vs_oat_train"] = r["epoch_s"] / base["epoch_s"]
-    body = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "cpus": cpus, "job": str(JOB.name),
-            "epochs": a.epochs, "steps_per_epoch": a.steps, "variants": results,
+    body = {"cpus": cpus, "job": str(JOB.name), "epochs": a.epochs, "steps_per_epoch": a.steps, "variants": results,
             "ray_epoch_overhead": one["epoch_s"] / base["epoch_s"] - 1,
-            "ray_startup_s": one["wall_s"] - base["wall_s"]}
-    Path(a.out).write_text(json.dumps(body, indent=2) + "\n")
+            "ray_startup_s": one["wall_s"] - base["wall_s"],
+            "scaling_1_to_2_workers": results[f"oat run, 2 workers × {cpus // 2} CPU"]["images_per_s"]
+            / one["images_per_s"]}
+    write_result("ray_overhead", body, a.out)
     print(f"\n{'variant':<28} {'epoch s':>8} {'img/s':>7} {'vs train':>9} {'wall s':>7}")
     for name, r in results.items():
         print(f"{name:<28} {r['epoch_s']:>8.2f} {r['images_per_s']:>7.0f} {r['epoch_vs_oat_train']:>8.2f}× "

@@ -19,29 +19,31 @@ Writes ``benchmarks/results/step_time.json`` and prints a table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import statistics
-import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import machine, matmul_rate
+from benchmarks.common import machine, matmul_rate, median, timed
 from pipeline.attacks import PGD
 from pipeline.config import job_from_dict
 from pipeline.methods import LambdaSampler, oat_step, oats_step, pgdat_step
-from pipeline.models import build_model, spec_from_job
+from pipeline.models import RobustNet, build_model, spec_from_job
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def _fb_flops(model, width: float, train: bool) -> float:
+def _fb_flops(model, width: float, train: bool, shape=(3, 32, 32)) -> float:
     """FLOPs per image of forward + backward: to the weights and input (train), or to the input only
     with frozen weights (one PGD iteration). torch's counter cannot see inside autograd.grad, so the
     attack is counted through .backward() on the same graph."""
-    x = torch.rand(2, 3, 32, 32, requires_grad=not train)
+    dev = next(model.parameters()).device
+    x = torch.rand(2, *shape, device=dev, requires_grad=not train)
     flags = [p.requires_grad for p in model.parameters()]
     if not train:
         for p in model.parameters():
@@ -66,44 +68,64 @@ def step_flops(model, method: str, batch: int, steps: int, n_zero: int) -> float
     return total
 
 
-def bench(backbone: str, method: str, batch: int, repeats: int, Lambda: float = 0.5,
-          channels_last: bool = False) -> dict:
+@dataclass
+class Step:
+    """One optimiser step of a method on a fixed random batch, and what it costs."""
+
+    run: Callable[[], None]
+    model: RobustNet
+    flops: float  # of one step (fp32 eager count; AMP and compile change the speed, not the count)
+    label: str
+
+
+def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, device: str = "cpu",
+              channels_last: bool = False, amp: bool = False, compile: bool = False) -> Step:
+    """The step as training runs it (pipeline.methods), with the reference constants (PGD-7, ε = 8/255,
+    6 λ choices, OATS widths 0.25–1). ``amp``: bf16 autocast around the step (CUDA); ``compile``:
+    pipeline.train.compile_model."""
     job = job_from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": backbone},
                          "method": {"name": method, "Lambda": Lambda}})
     torch.manual_seed(0)
-    model = build_model(spec_from_job(job, 3, 10, [32, 32])).train()
+    model = build_model(spec_from_job(job, 3, 10, [32, 32])).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     attack = PGD.from_config(job.attack)
     sampler = LambdaSampler(job.method.lambda_choices, generator=torch.Generator().manual_seed(0))
-    x, y = torch.rand(batch, 3, 32, 32).contiguous(memory_format=fmt), torch.randint(0, 10, (batch,))
+    n_zero = sampler.n_zero(batch) if method != "pgdat" else (batch if Lambda == 0 else 0)
+    flops = step_flops(model, method, batch, attack.steps, n_zero)
+    if compile:
+        from pipeline.train import compile_model
 
-    def step() -> None:
-        if method == "pgdat":
-            res = pgdat_step(model, x, y, Lambda, attack)
-        elif method == "oat":
-            res = oat_step(model, x, y, sampler(batch), attack)
-        else:
-            res = oats_step(model, x, y, sampler(batch), attack)
+        compile_model(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,), device=device)
+    ctx = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+
+    def run() -> None:
+        with ctx():
+            if method == "pgdat":
+                res = pgdat_step(model, x, y, Lambda, attack)
+            elif method == "oat":
+                res = oat_step(model, x, y, sampler(batch), attack)
+            else:
+                res = oats_step(model, x, y, sampler(batch), attack)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         opt.step()
 
-    step()  # warm-up
-    n_zero = sampler.n_zero(batch) if method != "pgdat" else (batch if Lambda == 0 else 0)
-    flops = step_flops(model, method, batch, attack.steps, n_zero)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    sec = statistics.median(times)
-    name = method if method != "pgdat" else f"pgdat Λ={Lambda:g}"
-    return {"backbone": backbone, "method": name + (" (channels-last)" if channels_last else ""), "batch": batch,
-            "seconds_per_step": sec,
-            "seconds_all": times, "images_per_s": batch / sec, "gflop_per_step": flops / 1e9,
-            "gflops_achieved": flops / sec / 1e9}
+    label = (method if method != "pgdat" else f"pgdat Λ={Lambda:g}") + (" (channels-last)" if channels_last else "")
+    return Step(run, model, flops, label)
+
+
+def bench(backbone: str, method: str, batch: int, repeats: int, Lambda: float = 0.5,
+          channels_last: bool = False) -> dict:
+    st = make_step(backbone, method, batch, Lambda=Lambda, channels_last=channels_last)
+    times = timed(st.run, repeats, warmup=1)
+    sec = median(times)
+    return {"backbone": backbone, "method": st.label, "batch": batch, "seconds_per_step": sec,
+            "seconds_all": times, "images_per_s": batch / sec, "gflop_per_step": st.flops / 1e9,
+            "gflops_achieved": st.flops / sec / 1e9}
 
 
 def curve_cost(rows: list[dict], backbone: str, n_lambdas: int = 6) -> dict:

@@ -30,8 +30,11 @@ def setup(mlflow_uri, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("retrain")
     r = oat("data", "prepare", "--dataset", "digits", "--out", str(tmp / "beton"))
     assert r.returncode == 0, r.stderr[-2000:]
-    # the gate is wide (a tiny model on 100 images is noisy) but a model trained for one step fails it
-    job = tiny_job(name=MODEL, data={"beton": str(tmp / "beton")}, train={"epochs": 3, "max_steps_per_epoch": 10},
+    # the gate is wide (a tiny model on 100 images is noisy) but a model trained for one step fails it: 60 steps
+    # of 64 give 35-50% clean accuracy at every λ, one step ~7% (30 steps of 32 were at chance, so the gate
+    # compared noise with noise)
+    job = tiny_job(name=MODEL, data={"beton": str(tmp / "beton")},
+                   train={"epochs": 3, "max_steps_per_epoch": 20, "batch_size": 64},
                    eval={"max_images": 100},
                    tracking={"enabled": True, "uri": mlflow_uri, "experiment": "retrain", "system_metrics": False},
                    retrain={"folder": str(tmp / "retrain"), "max_sa_drop": 20.0, "max_ra_drop": 25.0},

@@ -1,0 +1,137 @@
+"""Training throughput on one CUDA GPU: OAT, OATS and PGDAT on WRN-16-8 and ResNet-34 at batch 128, with and
+without bf16 autocast and torch.compile, as a fraction of the GPU's measured matrix rate.
+
+    benchmarks/gpu.sh                       # on a machine with one CUDA GPU; or:
+    .venv/bin/python -m benchmarks.gpu [--batch 128] [--steps 20] [--compile oat|all|none]
+
+For every (backbone, method, AMP on/off, compile on/off) it times ``--steps`` optimiser steps after a warm-up
+(compilation included in the warm-up, reported as ``compile_s``), with channels-last inputs and weights.
+The FLOPs of a step are counted once per (backbone, method) with torch's FlopCounterMode (fp32, eager), so
+the achieved rate is FLOPs / time whatever the precision. The peak is measured in the same run: the bf16
+and the fp32 (TF32 off) matrix-multiply rates of an 8192² product. ``fraction_of_bf16_peak`` of the OAT
+WRN-16-8 AMP row is issue 9's GPU target (≥ 40%); ``cifar10_200_epochs_min`` converts images/s into the
+wall time of 200 CIFAR-10 epochs (50,000 training images each, plus nothing for evaluation).
+
+It also checks the attack's arithmetic under bf16: a small OAT model is trained on digits on the GPU, and its
+PGD-20 robust accuracy per λ under autocast is compared with fp32 (issue 9: within 0.5 points).
+
+``--device cpu --backbones small_cnn`` runs the same code on the CPU (the tests use it; there is no GPU
+there). Writes ``benchmarks/results/gpu.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import matmul_rate, median, timed, write_result
+from benchmarks.step_time import make_step
+
+CIFAR10_TRAIN = 50_000
+
+
+def bf16_check(device: str, epochs: int, images: int | None = None, steps: int | None = None) -> dict:
+    """PGD-20 RA per λ of a digits OAT model, bf16 autocast against fp32, deterministic start."""
+    from pipeline.api import load_model
+    from pipeline.attacks import PGD
+    from pipeline.config import load_job
+    from pipeline.data import open_data
+    from pipeline.evaluate import evaluate_model
+    from pipeline.robustness import load_test_tensors
+    from pipeline.train import fit
+
+    job = load_job(Path(__file__).resolve().parent.parent / "jobs" / "digits_oat.yaml",
+                   [f"train.epochs={epochs}", f"train.device={device}", "eval.every=1000",
+                    "eval.last_quarter=false", "eval.max_images=100"]
+                   + ([f"train.max_steps_per_epoch={steps}"] if steps else []))
+    with tempfile.TemporaryDirectory(prefix="oat-gpu-") as tmp:
+        fit(job, Path(tmp) / "run", progress=False, final_test=False)
+        model = load_model(Path(tmp) / "run" / "final.pt").to(device)
+    x, y = load_test_tensors(open_data(job.data).loader("test", 400, device=torch.device(device), limit=images))
+    batches = [(x, y)]
+    pgd = PGD.from_config(job.attack, 20)
+    det = PGD(pgd.eps, pgd.steps, pgd.step_size, pgd.norm, random_start=False)
+    lambdas = list(job.method.lambda_choices)
+    fp32 = evaluate_model(model, batches, lambdas, [1.0], det)
+    bf16 = evaluate_model(model, batches, lambdas, [1.0], det,
+                          autocast=lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+    rows = [{"lambda": p.lam, "robust_fp32": p.robust_acc, "robust_bf16": q.robust_acc,
+             "diff_points": 100 * (q.robust_acc - p.robust_acc)} for p, q in zip(fp32, bf16)]
+    return {"images": len(y), "attack": "PGD-20, no random start", "points": rows,
+            "max_abs_diff_points": max(abs(r["diff_points"]) for r in rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--backbones", nargs="+", default=["wrn16_8", "resnet34"])
+    ap.add_argument("--methods", nargs="+", default=["pgdat", "oat", "oats"])
+    ap.add_argument("--compile", choices=["none", "oat", "all"], default="oat",
+                    help="which methods also run compiled (compiling takes minutes per variant)")
+    ap.add_argument("--check-epochs", type=int, default=5, help="digits epochs for the bf16 check (0: skip)")
+    ap.add_argument("--check-images", type=int, help="test images for the bf16 check (default: all 397)")
+    ap.add_argument("--check-steps", type=int, help="cap the steps per epoch of the bf16 check's training")
+    ap.add_argument("--mm-size", type=int, help="matrix size of the peak-rate measurement (8192 on CUDA, 512 on CPU)")
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks.gpu: no CUDA GPU here (torch.cuda.is_available() is False); "
+                         "--device cpu runs the same code on the CPU")
+    cuda = a.device == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    n = a.mm_size or (8192 if cuda else 512)
+    peak = {"bf16": matmul_rate(n, 20, torch.bfloat16, a.device), "fp32": matmul_rate(n, 10, torch.float32, a.device)}
+    print(f"matrix rate ({n}²): bf16 {peak['bf16'] / 1e3:.1f} TFLOP/s, fp32 {peak['fp32'] / 1e3:.1f} TFLOP/s")
+    rows = []
+    for bb in a.backbones:
+        for method in a.methods:
+            for amp in (False, True):
+                for comp in (False, True):
+                    if comp and not (a.compile == "all" or (a.compile == "oat" and method == "oat")):
+                        continue
+                    t0 = time.perf_counter()
+                    st = make_step(bb, method, a.batch, device=a.device, channels_last=True, amp=amp, compile=comp)
+                    for _ in range(a.warmup):
+                        st.run()
+                    if cuda:
+                        torch.cuda.synchronize()
+                    warm = time.perf_counter() - t0
+                    sec = median(timed(st.run, a.steps, warmup=0, device=a.device))
+                    rate = st.flops / sec / 1e9
+                    row = {"backbone": bb, "method": method, "amp": amp, "compile": comp, "batch": a.batch,
+                           "seconds_per_step": sec, "images_per_s": a.batch / sec, "gflop_per_step": st.flops / 1e9,
+                           "gflops_achieved": rate, "fraction_of_bf16_peak": rate / peak["bf16"],
+                           "fraction_of_fp32_peak": rate / peak["fp32"], "warmup_s": warm,
+                           "cifar10_200_epochs_min": 200 * CIFAR10_TRAIN / (a.batch / sec) / 60}
+                    rows.append(row)
+                    print(f"{bb:<9} {method:<6} amp={'on ' if amp else 'off'} compile={'on ' if comp else 'off'} "
+                          f"{row['images_per_s']:>8.0f} img/s {rate / 1e3:>7.1f} TFLOP/s "
+                          f"{row['fraction_of_bf16_peak']:>5.0%} of bf16 peak  200 CIFAR epochs "
+                          f"{row['cifar10_200_epochs_min']:>6.0f} min  (warm-up {warm:.0f} s)", flush=True)
+                    del st
+                    if cuda:
+                        torch.cuda.empty_cache()
+    check = bf16_check(a.device, a.check_epochs, a.check_images, a.check_steps) if a.check_epochs else None
+    if check:
+        print(f"bf16 vs fp32 PGD-20 RA on digits ({check['images']} images): largest difference "
+              f"{check['max_abs_diff_points']:.2f} points")
+    body = {"config": {"device": a.device, "batch": a.batch, "steps": a.steps, "warmup": a.warmup,
+                       "channels_last": True, "tf32": False, "attack": "PGD-7 linf 8/255 (train)",
+                       "compile": a.compile},
+            "peak_gflops": peak, "results": rows, "bf16_check": check}
+    path = write_result("gpu", body, a.out)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
