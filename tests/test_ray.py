@@ -57,7 +57,7 @@ def params(path: Path) -> dict[str, torch.Tensor]:
 def baseline(ray_cluster, tmp_path_factory):
     """An uninterrupted 2-worker, 2-node run (also the reference for the restart test)."""
     tmp = tmp_path_factory.mktemp("ray-baseline")
-    job = ray_job(tmp, "baseline", train={"epochs": 6, "max_steps_per_epoch": 10})
+    job = ray_job(tmp, "baseline", train={"epochs": 6, "max_steps_per_epoch": 6})
     proc = oat_run(ray_cluster, job, tmp / "store", tmp / "out")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, job, proc
@@ -75,7 +75,7 @@ def test_two_node_ddp_job_finishes_with_a_checkpoint(baseline):
     assert "final" in stored and len([s for s in stored if s.startswith(("epoch_", "final"))]) == 2  # num_to_keep
     assert (tmp / "store" / "baseline" / "final" / "final.pt").is_file()
     hist = json.loads((out / "history.json").read_text())
-    assert [h["epoch"] for h in hist] == list(range(6)) and all(h["steps"] == 10 for h in hist)
+    assert [h["epoch"] for h in hist] == list(range(6)) and all(h["steps"] == 6 for h in hist)
     assert "test split" in proc.stdout and "checkpoints in" in proc.stdout
 
 
@@ -129,10 +129,11 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_cluster, baseline
 
 
 def test_ray_job_submit_runs_the_demo_job(ray_cluster, tmp_path):
-    """Ray's own CLI, as in the README, against the cluster's dashboard (shortened to 2 epochs)."""
+    """Ray's own CLI, as in the README, against the cluster's dashboard (shortened to 1 epoch of 3 steps)."""
     cmd = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".", "--",
            "oat", "run", "jobs/demo.yaml", "--storage", str(tmp_path / "store"), "--out", str(tmp_path / "out"),
-           "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=6", "--set", "eval.max_images=100"]
+           "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=3", "--set", "eval.max_images=40",
+           "--set", "eval.test_steps=2"]
     proc = subprocess.run(cmd, env=env_for(ray_cluster), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     assert "succeeded" in (proc.stdout + proc.stderr).lower()

@@ -122,7 +122,7 @@ def test_a_killed_evaluation_resumes_from_its_state(trained, tmp_path, monkeypat
 
 def test_oat_report_renders_every_lambda_with_checks_and_settings(trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(trained["out"]), "--max-images", "40",
-                        "--sanity-images", "40", "--out", str(tmp_path / "rep")],
+                        "--sanity-images", "24", "--out", str(tmp_path / "rep")],
                        capture_output=True, text=True, cwd=REPO, timeout=900, env={**os.environ})
     assert r.returncode == 0, r.stderr[-3000:]
     page = (tmp_path / "rep" / "report.html").read_text()
@@ -135,7 +135,7 @@ def test_oat_report_renders_every_lambda_with_checks_and_settings(trained, tmp_p
     checks = {c["name"]: c for c in doc["sanity_checks"]}
     assert list(checks) == ["eps_to_zero", "steps_restarts", "blackbox_weaker", "clean_consistent"]
     assert all(c["passed"] for c in checks.values()), checks  # a real model passes every check
-    assert doc["sanity_at"] == {"lambda": 1.0, "width": 1.0, "images": 40} and "All four sanity checks" in page
+    assert doc["sanity_at"] == {"lambda": 1.0, "width": 1.0, "images": 24} and "All four sanity checks" in page
     assert "AutoAttack" in r.stdout and "report:" in r.stdout
 
 
