@@ -83,12 +83,16 @@ def test_unchanged_data_skips(first, setup):
 
 
 @pytest.fixture(scope="module")
-def changed(first, setup):
+def changed(first, setup, stack):
+    """The cluster's way (jobs/oats_wrn.yaml): `retrain.runner: ray` on the stack's Ray head, warm-started from
+    the champion, whose checkpoint each Ray Train worker fetches from MLflow itself."""
     r = oat("data", "prepare", "--dataset", "digits", "--out", str(setup["tmp"] / "beton"), "--force")
     assert r.returncode == 0, r.stderr[-2000:]
-    r = oat("retrain", setup["job"], "--mlflow", setup["uri"], "--quiet", "--set", "retrain.init=champion")
+    r = oat("retrain", setup["job"], "--mlflow", setup["uri"], "--quiet", "--set", "retrain.init=champion",
+            "--set", "retrain.runner=ray", "--set", "ray.num_workers=1",
+            "--set", f"ray.storage_path={setup['tmp'] / 'ray'}", env=stack.ray().env())
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
-    return decision(setup)
+    return {**decision(setup), "stdout": r.stdout}
 
 
 def test_changed_manifest_retrains_and_promotes(changed, setup):
@@ -102,7 +106,10 @@ def test_changed_manifest_retrains_and_promotes(changed, setup):
     run = MlflowClient(setup["uri"]).get_run(mv.run_id)  # warm-started from v1's weights, fetched from MLflow
     v1 = MlflowClient(setup["uri"]).get_model_version(MODEL, "1")
     assert run.data.params["train.init_from"] == f"runs:/{v1.run_id}/checkpoints/final.pt"
-    assert (Path(changed["out"]) / "init" / "final.pt").is_file()
+    assert run.data.tags["oat_run_where"].startswith("ray:")  # the run the Ray driver began
+    ray_run = setup["tmp"] / "ray" / f"{MODEL}_retrain_{Path(changed['out']).name}"
+    assert (ray_run / "final" / "final.pt").is_file()  # trained by Ray Train, checkpoints in ray.storage_path
+    assert (Path(changed["out"]) / "final.pt").is_file() and (Path(changed["out"]) / "eval.json").is_file()
 
 
 def test_worse_model_stays_challenger(changed, setup):
