@@ -52,7 +52,7 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
     ``fuse``: all λ of a width in one batched pass (the batch repeated once per λ, each copy with its own λ
     code and BN route). In eval mode nothing mixes samples (BN uses running statistics; the attack's loss is
     a per-sample sum), so the fused pass computes exactly what one pass per λ computes, in fewer, larger
-    kernels (benchmarks/eval_throughput.py); only the random start's draws are laid out differently."""
+    kernels (benchmarks/evaluation.py); only the random start's draws are laid out differently."""
     lambdas = [float(v) for v in lambdas]
     keys = [(w, lam) for w in widths for lam in lambdas]
     fuse = fuse and len(lambdas) > 1 and bool(model.spec.film) and model.spec.method != "pgdat"
@@ -61,10 +61,22 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
     conds = {k: model.condition(k[1], k[0]) for k in keys} if not fuse else {}
     fused_conds: dict[tuple[float, int], Any] = {}
     totals: dict[float, torch.Tensor] = {}  # width -> [K, 2] (clean, robust) in ``lambdas`` order
+    inverse: torch.Tensor | None = None  # fused rows (``order``) back to ``lambdas`` order
     n = 0
     was_training = model.training
     model.eval()
     ctx = autocast if autocast is not None else _null
+
+    def right(x: torch.Tensor, y: torch.Tensor, cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image: right on the clean input, right under the attack."""
+        with torch.no_grad(), ctx():
+            clean = model(x, cond).argmax(1) == y
+        with ctx():
+            x_adv = attack(model, x, y, cond)
+        with torch.no_grad(), ctx():
+            robust = model(x_adv, cond).argmax(1) == y
+        return clean, robust
+
     try:
         for x, y in batches:
             b = int(y.numel())
@@ -73,34 +85,20 @@ def evaluate_model(model: RobustNet, batches: Iterable[tuple[torch.Tensor, torch
                 if fuse:
                     if (w, b) not in fused_conds:
                         fused_conds[(w, b)] = model.condition([lambdas[i] for i in order for _ in range(b)], w)
-                    cond = fused_conds[(w, b)]
-                    xs, ys = x.repeat(len(lambdas), *([1] * (x.dim() - 1))), y.repeat(len(lambdas))
-                    with torch.no_grad(), ctx():
-                        clean = (model(xs, cond).argmax(1) == ys).view(len(lambdas), b).sum(1)
-                    with ctx():
-                        x_adv = attack(model, xs, ys, cond)
-                    with torch.no_grad(), ctx():
-                        robust = (model(x_adv, cond).argmax(1) == ys).view(len(lambdas), b).sum(1)
-                    t = torch.stack([clean, robust], 1)[torch.tensor(order).argsort().to(clean.device)]
+                    k = len(lambdas)
+                    clean, robust = right(x.repeat(k, *([1] * (x.dim() - 1))), y.repeat(k), fused_conds[(w, b)])
+                    if inverse is None:
+                        inverse = torch.tensor(order).argsort().to(clean.device)
+                    t = torch.stack([clean.view(k, b).sum(1), robust.view(k, b).sum(1)], 1)[inverse]
                 else:
-                    rows = []
-                    for lam in lambdas:
-                        c = conds[(w, lam)]
-                        with torch.no_grad(), ctx():
-                            clean = (model(x, c).argmax(1) == y).sum()
-                        with ctx():
-                            x_adv = attack(model, x, y, c)
-                        with torch.no_grad(), ctx():
-                            robust = (model(x_adv, c).argmax(1) == y).sum()
-                        rows.append(torch.stack([clean, robust]))
-                    t = torch.stack(rows)
+                    t = torch.stack([torch.stack([c.sum(), r.sum()])
+                                     for c, r in (right(x, y, conds[(w, lam)]) for lam in lambdas)])
                 totals[w] = t if w not in totals else totals[w] + t
     finally:
         model.train(was_training)
     dev = next(model.parameters()).device
     zero = torch.zeros(len(lambdas), 2, dtype=torch.long, device=dev)
-    counts = torch.cat([totals.get(w, zero).to(torch.long) for w in widths]
-                       + [torch.tensor([[n, 0]], device=dev)]).to(torch.long)
+    counts = torch.cat([totals.get(w, zero) for w in widths] + [torch.tensor([[n, 0]], device=dev)]).to(torch.long)
     if reduce is not None:
         counts = reduce(counts)
     table = counts.tolist()  # one host sync, after the whole pass
