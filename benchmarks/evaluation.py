@@ -27,26 +27,40 @@ import torch
 
 from benchmarks.common import median, timed, write_result
 from pipeline.attacks import PGD
-from pipeline.evaluate import evaluate_model
+from pipeline.evaluate import Point, evaluate_model
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "digits_oat.yaml"
 LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 
 
-def train_digits(epochs: int, tmp: Path):
+def train_digits(epochs: int, tmp: Path, device: str = "cpu", steps: int | None = None, images: int | None = None):
+    """The digits OAT model (jobs/digits_oat.yaml, ``epochs`` epochs of at most ``steps`` steps) and the test
+    split (its first ``images``) on ``device``."""
     from pipeline.api import load_model
     from pipeline.config import load_job
     from pipeline.data import open_data
     from pipeline.robustness import load_test_tensors
     from pipeline.train import fit
 
-    job = load_job(JOB, [f"train.epochs={epochs}", "eval.every=1000", "eval.last_quarter=false",
-                         "eval.max_images=100"])
+    job = load_job(JOB, [f"train.epochs={epochs}", f"train.device={device}", "eval.every=1000",
+                         "eval.last_quarter=false", "eval.max_images=100"]
+                   + ([f"train.max_steps_per_epoch={steps}"] if steps else []))
     t0 = time.perf_counter()
     fit(job, tmp / "run", progress=False, final_test=False)
-    model = load_model(tmp / "run" / "final.pt")
-    x, y = load_test_tensors(open_data(job.data).loader("test", 200, device=torch.device("cpu")))
+    model = load_model(tmp / "run" / "final.pt").to(device)
+    x, y = load_test_tensors(open_data(job.data).loader("test", 200, device=torch.device(device), limit=images))
     return job, model, x, y, time.perf_counter() - t0
+
+
+def bf16_against_fp32(model, x, y, pgd: PGD, batch: int = 100) -> list[tuple[Point, Point]]:
+    """PGD (no random start, so both see the same start) over the 6-λ curve, fp32 and under bf16 autocast
+    on the model (the perturbation stays fp32): the (fp32, bf16) points per λ."""
+    batches = [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(x), batch)]
+    det = PGD(pgd.eps, pgd.steps, pgd.step_size, pgd.norm, random_start=False)
+    fp32 = evaluate_model(model, batches, LAMBDAS, [1.0], det)
+    bf16 = evaluate_model(model, batches, LAMBDAS, [1.0], det,
+                          autocast=lambda: torch.autocast(x.device.type, dtype=torch.bfloat16))
+    return list(zip(fp32, bf16))
 
 
 def curve_throughput(model, x, y, attack, batch: int, repeats: int, warmup: int = 1) -> dict:
@@ -100,14 +114,9 @@ def main() -> None:
         aa[str(lam)] = {"seconds": sec, "images_per_s": len(xa) / sec, "clean_acc": float(flags.clean.float().mean()),
                         "robust_acc": float(flags.robust.float().mean()), "images": len(xa)}
 
-    batches = [(x[i:i + 100], y[i:i + 100]) for i in range(0, len(x), 100)]
-    det = PGD(pgd20.eps, pgd20.steps, pgd20.step_size, pgd20.norm, random_start=False)
-    fp32 = evaluate_model(model, batches, LAMBDAS, [1.0], det)
-    bf16 = evaluate_model(model, batches, LAMBDAS, [1.0], det,
-                          autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     precision = [{"lambda": p.lam, "clean_fp32": p.clean_acc, "clean_bf16": q.clean_acc, "robust_fp32": p.robust_acc,
                   "robust_bf16": q.robust_acc, "robust_diff_points": 100 * (q.robust_acc - p.robust_acc)}
-                 for p, q in zip(fp32, bf16)]
+                 for p, q in bf16_against_fp32(model, x, y, pgd20)]
     max_diff = max(abs(r["robust_diff_points"]) for r in precision)
 
     body = {"config": {"job": JOB.name, "train_epochs": a.epochs, "images": len(x), "lambdas": LAMBDAS,

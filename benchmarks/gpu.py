@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import matmul_rate, median, timed, write_result
+from benchmarks.evaluation import bf16_against_fp32, train_digits
 from benchmarks.step_time import make_step
 
 CIFAR10_TRAIN = 50_000
@@ -36,31 +37,13 @@ CIFAR10_TRAIN = 50_000
 
 def bf16_check(device: str, epochs: int, images: int | None = None, steps: int | None = None) -> dict:
     """PGD-20 RA per λ of a digits OAT model, bf16 autocast against fp32, deterministic start."""
-    from pipeline.api import load_model
     from pipeline.attacks import PGD
-    from pipeline.config import load_job
-    from pipeline.data import open_data
-    from pipeline.evaluate import evaluate_model
-    from pipeline.robustness import load_test_tensors
-    from pipeline.train import fit
 
-    job = load_job(Path(__file__).resolve().parent.parent / "jobs" / "digits_oat.yaml",
-                   [f"train.epochs={epochs}", f"train.device={device}", "eval.every=1000",
-                    "eval.last_quarter=false", "eval.max_images=100"]
-                   + ([f"train.max_steps_per_epoch={steps}"] if steps else []))
     with tempfile.TemporaryDirectory(prefix="oat-gpu-") as tmp:
-        fit(job, Path(tmp) / "run", progress=False, final_test=False)
-        model = load_model(Path(tmp) / "run" / "final.pt").to(device)
-    x, y = load_test_tensors(open_data(job.data).loader("test", 400, device=torch.device(device), limit=images))
-    batches = [(x, y)]
-    pgd = PGD.from_config(job.attack, 20)
-    det = PGD(pgd.eps, pgd.steps, pgd.step_size, pgd.norm, random_start=False)
-    lambdas = list(job.method.lambda_choices)
-    fp32 = evaluate_model(model, batches, lambdas, [1.0], det)
-    bf16 = evaluate_model(model, batches, lambdas, [1.0], det,
-                          autocast=lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16))
+        job, model, x, y, _ = train_digits(epochs, Path(tmp), device, steps, images)
     rows = [{"lambda": p.lam, "robust_fp32": p.robust_acc, "robust_bf16": q.robust_acc,
-             "diff_points": 100 * (q.robust_acc - p.robust_acc)} for p, q in zip(fp32, bf16)]
+             "diff_points": 100 * (q.robust_acc - p.robust_acc)}
+            for p, q in bf16_against_fp32(model, x, y, PGD.from_config(job.attack, 20), batch=400)]
     return {"images": len(y), "attack": "PGD-20, no random start", "points": rows,
             "max_abs_diff_points": max(abs(r["diff_points"]) for r in rows)}
 
