@@ -99,7 +99,7 @@ def bench_torchvision(cfg_root: Path, workers: int, epochs: int, val: int) -> di
 
 def bench_oat_wait(cfg_root: Path, workers: int, val: int, steps: int, epochs: int) -> dict:
     from pipeline.config import job_from_dict
-    from pipeline.train import fit
+    from pipeline.training.loop import fit
 
     job = job_from_dict({
         "name": "bench-data-wait",

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import median, timed, write_result
-from pipeline.attacks import PGD
-from pipeline.evaluate import Point, evaluate_model
+from pipeline.science.attacks import PGD
+from pipeline.science.curves import Point, evaluate_model
 
 JOB = Path(__file__).resolve().parent.parent / "jobs" / "digits_oat.yaml"
 LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
@@ -36,11 +36,11 @@ LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 def train_digits(epochs: int, tmp: Path, device: str = "cpu", steps: int | None = None, images: int | None = None):
     """The digits OAT model (jobs/digits_oat.yaml, ``epochs`` epochs of at most ``steps`` steps) and the test
     split (its first ``images``) on ``device``."""
-    from pipeline.api import load_model
     from pipeline.config import load_job
     from pipeline.data import open_data
-    from pipeline.robustness import load_test_tensors
-    from pipeline.train import fit
+    from pipeline.science.model import load_model
+    from pipeline.science.robustness import load_test_tensors
+    from pipeline.training.loop import fit
 
     job = load_job(JOB, [f"train.epochs={epochs}", f"train.device={device}", "eval.every=1000",
                          "eval.last_quarter=false", "eval.max_images=100"]
@@ -85,8 +85,9 @@ def main() -> None:
     ap.add_argument("--out")
     a = ap.parse_args()
     from pipeline.config import job_from_dict
-    from pipeline.models import build_model, spec_from_job
-    from pipeline.robustness import AttackSpec, attack_flags
+    from pipeline.science.model import build_model
+    from pipeline.science.robustness import AttackSpec, attack_flags
+    from pipeline.training.setup import spec_from_job
 
     with tempfile.TemporaryDirectory(prefix="oat-bench-eval-") as tmp:
         job, model, x, y, train_s = train_digits(a.epochs, Path(tmp))

@@ -37,7 +37,7 @@ CIFAR10_TRAIN = 50_000
 
 def bf16_check(device: str, epochs: int, images: int | None = None, steps: int | None = None) -> dict:
     """PGD-20 RA per λ of a digits OAT model, bf16 autocast against fp32, deterministic start."""
-    from pipeline.attacks import PGD
+    from pipeline.science.attacks import PGD
 
     with tempfile.TemporaryDirectory(prefix="oat-gpu-") as tmp:
         job, model, x, y, _ = train_digits(epochs, Path(tmp), device, steps, images)

@@ -43,8 +43,8 @@ def main() -> None:
     sets = [f"train.epochs={a.epochs}", f"train.max_steps_per_epoch={a.steps}", "eval.every=1000",
             "eval.last_quarter=false", "eval.max_images=200", "eval.test_steps=7"]
     from pipeline.config import load_job
-    from pipeline.distributed import run_job
-    from pipeline.train import fit
+    from pipeline.launch.ray_run import run_job
+    from pipeline.training.loop import fit
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="oat-bench-ray-") as tmp:

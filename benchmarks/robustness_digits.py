@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.api import load_model
-from pipeline.checkpoint import load_checkpoint, resolve_checkpoint
 from pipeline.config import job_from_dict
 from pipeline.data import open_data
-from pipeline.report import Assessment, _environment, _sha256, summary_table, write_report
-from pipeline.robustness import AttackSpec, evaluate_attacks, load_test_tensors, sanity_checks
+from pipeline.files import load_checkpoint, resolve_checkpoint
+from pipeline.launch.assess import Assessment, _environment, _sha256, summary_table, write_report
+from pipeline.science.model import load_model
+from pipeline.science.robustness import AttackSpec, evaluate_attacks, load_test_tensors, sanity_checks
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import median, timed, write_result
-from pipeline.models import ModelSpec, RobustNet
-from pipeline.models.layers import CondNorm
+from pipeline.science.dual_bn import CondNorm
+from pipeline.science.model import ModelSpec, RobustNet
 
 LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 

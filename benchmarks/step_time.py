@@ -30,10 +30,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import machine, matmul_rate, median, timed
-from pipeline.attacks import PGD
 from pipeline.config import job_from_dict
-from pipeline.methods import LambdaSampler, oat_step, oats_step, pgdat_step
-from pipeline.models import RobustNet, build_model, spec_from_job
+from pipeline.science.attacks import PGD
+from pipeline.science.methods import StepParams, get_method
+from pipeline.science.model import RobustNet, build_model
+from pipeline.science.sampling import LambdaSampler
+from pipeline.training.setup import spec_from_job
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -80,9 +82,9 @@ class Step:
 
 def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, device: str = "cpu",
               channels_last: bool = False, amp: bool = False, compile: bool = False) -> Step:
-    """The step as training runs it (pipeline.methods), with the reference constants (PGD-7, ε = 8/255,
+    """The step as training runs it (pipeline.science.methods), with the reference constants (PGD-7, ε = 8/255,
     6 λ choices, OATS widths 0.25–1). ``amp``: bf16 autocast around the step (CUDA); ``compile``:
-    pipeline.train.compile_model."""
+    pipeline.training.setup.compile_model."""
     job = job_from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": backbone},
                          "method": {"name": method, "Lambda": Lambda}})
     torch.manual_seed(0)
@@ -91,10 +93,10 @@ def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, de
     model = model.to(memory_format=fmt)
     attack = PGD.from_config(job.attack)
     sampler = LambdaSampler(job.method.lambda_choices, generator=torch.Generator().manual_seed(0))
-    n_zero = sampler.n_zero(batch) if method != "pgdat" else (batch if Lambda == 0 else 0)
+    n_zero = sampler.n_zero(batch) if get_method(method).conditioned else (batch if Lambda == 0 else 0)
     flops = step_flops(model, method, batch, attack.steps, n_zero)
     if compile:
-        from pipeline.train import compile_model
+        from pipeline.training.setup import compile_model
 
         compile_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -102,14 +104,12 @@ def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, de
     y = torch.randint(0, 10, (batch,), device=device)
     ctx = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
+    m = get_method(method)
+    params = StepParams(Lambda, list(model.widths))
+
     def run() -> None:
         with ctx():
-            if method == "pgdat":
-                res = pgdat_step(model, x, y, Lambda, attack)
-            elif method == "oat":
-                res = oat_step(model, x, y, sampler(batch), attack)
-            else:
-                res = oats_step(model, x, y, sampler(batch), attack)
+            res = m.objective(model, x, y, sampler(batch) if m.conditioned else None, attack, params)
         opt.zero_grad(set_to_none=True)
         res.loss.backward()
         opt.step()

@@ -8,6 +8,8 @@ echo "[test] ruff"
 .venv/bin/ruff check pipeline tests benchmarks
 echo "[test] mypy pipeline"
 .venv/bin/mypy pipeline
+echo "[test] import contracts (layers, no Ray/MLflow below the launchers, no private names)"
+.venv/bin/lint-imports --no-cache
 echo "[test] pytest"
 # one process by default: on 2 cores, two pytest-xdist processes made Ray's job agent and MLflow's restarts time
 # out under the load (measured: 27 min with 13 such failures). OAT_TEST_WORKERS=2 distributes the test files

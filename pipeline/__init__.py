@@ -4,8 +4,7 @@ Public API: :func:`load_model` returns a :class:`RobustNet`; ``model.at(lam=...,
 plain ``nn.Module`` for attack libraries and deployment.
 """
 
-from .api import load_model
-from .models import ConditionedModel, RobustNet
+from pipeline.science.model import ConditionedModel, RobustNet, load_model
 
 __version__ = "0.1.0"
 __all__ = ["ConditionedModel", "RobustNet", "__version__", "load_model"]

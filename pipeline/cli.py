@@ -1,11 +1,12 @@
 """The ``oat`` command.
 
     oat train JOB.yaml [--set k=v ...] [--out DIR] [--fresh]
+    oat train --help-config                        (every section and field of a job: type, default, description)
     oat train --method oat --ds cifar10 -b 128 -e 200 --lr 0.1 --use2BN      (the official flags)
     oat evaluate CHECKPOINT [--lambdas ..] [--widths ..] [--attack pgd autoattack ..] [--sanity] [--json FILE]
     oat report RUN_OR_CHECKPOINT [--attack ..] [--mlflow [URI]]   (HTML: AutoAttack, PGD, sanity checks)
     oat demo [--out DIR]
-    oat data prepare --dataset {cifar10,svhn,stl10,digits} [--root DIR] --out DEST [--force]
+    oat data prepare --dataset DATASET [--root DIR] --out DEST [--force]    (the registry: pipeline/data/datasets.py)
     oat run JOB.yaml [--set k=v ...] [--name N] [--storage PATH] [--out DIR]      (Ray Train)
     oat submit JOB.yaml [--address http://HEAD:8265] [--no-wait]                  (Ray job API)
     oat sweep JOB.yaml [--set k=v ...] [--name N] [--storage PATH]      (Ray Tune: PGDAT per fixed λ)
@@ -24,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ConfigError
+from pipeline.config import ConfigError
 
 
 def _fmt_list(values: Sequence[float]) -> str:
@@ -33,6 +34,8 @@ def _fmt_list(values: Sequence[float]) -> str:
 
 def legacy_overrides(a: argparse.Namespace) -> list[str]:
     """Map the official OAT.py / PGDAT.py flags onto dotted config overrides."""
+    from pipeline.science.methods import get_method
+
     out: list[str] = []
     if a.method:
         out.append(f"method.name={a.method}")
@@ -40,8 +43,8 @@ def legacy_overrides(a: argparse.Namespace) -> list[str]:
         out.append(f"data.dataset={a.ds}")
     if a.batch_size is not None:
         out.append(f"train.batch_size={a.batch_size}")
-    elif a.method == "pgdat" and a.job is None:
-        out.append("train.batch_size=256")  # the official PGDAT default
+    elif a.method and a.job is None:  # the official script's default batch (PGDAT.py: 256)
+        out.append(f"train.batch_size={get_method(a.method).reference_batch}")
     if a.epochs is not None:
         out.append(f"train.epochs={a.epochs}")
     if a.lr is not None:
@@ -71,7 +74,25 @@ def legacy_overrides(a: argparse.Namespace) -> list[str]:
     return out
 
 
+class _HelpConfig(argparse.Action):
+    """``--help-config``: print every config section and field, then exit (like --help, no job needed)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="list every section and field of a job file (type, default, description) and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from pipeline.config import config_help
+
+        print(config_help())
+        parser.exit()
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from pipeline.data.datasets import dataset_names
+    from pipeline.science.methods import method_names
+
     p = sub.add_parser("train", help="train one job in this process",
                        description="Train a job (YAML) or a run described by the official OAT flags.")
     p.add_argument("job", nargs="?", help="job YAML (jobs/*.yaml); omitted: the reference defaults")
@@ -81,10 +102,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="start over even if OUT holds a latest.pt")
     p.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
     p.add_argument("--quiet", action="store_true", help="no progress display")
+    p.add_argument("--help-config", action=_HelpConfig)
     _add_mlflow_arg(p)
     g = p.add_argument_group("official OAT.py / PGDAT.py flags")
-    g.add_argument("--method", choices=["oat", "oats", "pgdat"])
-    g.add_argument("--dataset", "--ds", dest="ds", choices=["cifar10", "svhn", "stl10", "digits"])
+    g.add_argument("--method", choices=method_names())
+    g.add_argument("--dataset", "--ds", dest="ds", choices=dataset_names())
     g.add_argument("--batch_size", "-b", type=int)
     g.add_argument("--epochs", "-e", type=int)
     g.add_argument("--lr", type=float)
@@ -114,18 +136,18 @@ def _add_mlflow_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .config import load_job
-    from .train import fit
+    from pipeline.config import load_job
+    from pipeline.launch.local import train_here
 
     job = load_job(a.job, [*legacy_overrides(a), *a.overrides, *_mlflow_overrides(a)])
     out = Path(a.out or Path("runs") / job.name)
-    fit(job, out, resume=not a.fresh, progress=not a.quiet, final_test=not a.no_test)
+    train_here(job, out, resume=not a.fresh, progress=not a.quiet, final_test=not a.no_test)
     return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import plot_tradeoff, points_table, write_points
-    from .report import assess, summary_table, warn_failed
+    from pipeline.launch.assess import assess, summary_table, warn_failed
+    from pipeline.science.curves import plot_tradeoff, points_table, write_points
 
     out_json = Path(a.json) if a.json else _beside(a.checkpoint) / "evaluate.json"
     state = Path(a.state) if a.state else out_json.with_suffix(".state")
@@ -160,7 +182,7 @@ def _beside(target: str) -> Path:
 
 
 def _add_attack_args(p: argparse.ArgumentParser, default: list[str]) -> None:
-    from .robustness import ATTACKS
+    from pipeline.science.robustness import ATTACKS
 
     p.add_argument("--attack", nargs="+", choices=ATTACKS, default=default,
                    help="attacks (several: also the per-image worst case over them); autoattack = the standard "
@@ -191,7 +213,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from .report import assess, log_report, summary_table, warn_failed, write_report
+    from pipeline.launch.assess import assess, log_report, summary_table, warn_failed, write_report
 
     out = Path(a.out) if a.out else _beside(a.target) / "report"
     res = assess(a.target, attacks=a.attack, steps=a.steps, restarts=a.restarts, norm=a.norm, eps=a.eps,
@@ -224,7 +246,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from pipeline.launch.demo import run_demo
 
     run_demo(a.out, lambdas=a.lambdas, overrides=a.overrides, progress=not a.quiet)
     return 0
@@ -233,13 +255,13 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def cmd_run(a: argparse.Namespace) -> int:
     import os
 
-    from .config import load_job
-    from .distributed import run_job
-    from .evaluate import points_table, read_points
+    from pipeline.config import load_job
+    from pipeline.launch.ray_run import run_job
+    from pipeline.science.curves import points_table, read_points
 
     job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
     if job.pipeline.stages:  # a pipeline job: OAT, OATS, the sweep and the comparisons
-        from .stages import run_pipeline
+        from pipeline.launch.stages import run_pipeline
 
         run_pipeline(job, storage_path=a.storage, address=a.address, out=a.out)
         return 0
@@ -274,8 +296,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from .config import load_job
-    from .sweep import run_sweep
+    from pipeline.config import load_job
+    from pipeline.launch.sweep import run_sweep
 
     job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
     res = run_sweep(job, name=a.name, storage_path=a.storage, address=a.address, out=a.out)
@@ -295,7 +317,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
-    from .compare import compare
+    from pipeline.launch.compare import compare
 
     compare(a.oat, a.sweep, out=a.out, mlflow_uri=a.mlflow, experiment=a.experiment)
     return 0
@@ -314,8 +336,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_retrain(a: argparse.Namespace) -> int:
-    from .config import load_job
-    from .retrain import retrain
+    from pipeline.config import load_job
+    from pipeline.launch.retrain import retrain
 
     job = load_job(a.job, [*a.overrides, *_mlflow_overrides(a)])
     retrain(job, force=a.force, progress=not a.quiet)
@@ -323,7 +345,7 @@ def cmd_retrain(a: argparse.Namespace) -> int:
 
 
 def cmd_schedule(a: argparse.Namespace) -> int:
-    from .schedule import Scheduler
+    from pipeline.launch.schedule import Scheduler
 
     return Scheduler(a.job, a.overrides).run(max_fires=a.max_fires)
 
@@ -343,7 +365,7 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_submit(a: argparse.Namespace) -> int:
-    from .submit import submit
+    from pipeline.launch.submit import submit
 
     return submit(a.job, [*a.overrides, *_mlflow_overrides(a)], address=a.address, wait=not a.no_wait, name=a.name,
                   storage=a.storage)
@@ -360,8 +382,8 @@ def _add_submit(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_prepare(a: argparse.Namespace) -> int:
-    from .config import DataConfig
-    from .data import prepare
+    from pipeline.config import DataConfig
+    from pipeline.data import prepare
 
     cfg = DataConfig(dataset=a.dataset, root=a.root, download=a.download, val_size=a.val_size)
     manifest, status = prepare(cfg, a.out, force=a.force, workers=a.workers)
@@ -372,7 +394,7 @@ def cmd_data_prepare(a: argparse.Namespace) -> int:
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
-    from .data import DATASETS
+    from pipeline.data.datasets import dataset_names
 
     p = sub.add_parser("data", help="prepare data sets as .beton files (FFCV)")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -380,7 +402,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                         description="Write train/val/test .beton files and manifest.json to a folder or "
                                     "s3://bucket/prefix (endpoint and keys from AWS_* variables). Run again, it "
                                     "only verifies checksums; --force rewrites.")
-    q.add_argument("--dataset", required=True, choices=DATASETS)
+    q.add_argument("--dataset", required=True, choices=dataset_names(),
+                   help="a data set of the registry (pipeline/data/datasets.py)")
     q.add_argument("--root", default="data", help="where the raw data set lives (torchvision's layout)")
     q.add_argument("--out", required=True, help="destination folder or s3://bucket/prefix")
     q.add_argument("--val-size", type=int, help="held-out images at the end of train (default: the reference)")
@@ -390,13 +413,13 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_stack(a: argparse.Namespace) -> int:
-    from .localstack import main as stack_main
+    from pipeline.platform.local_stack import main as stack_main
 
     return stack_main(a.action, a.root, a.env_file)
 
 
 def cmd_track(a: argparse.Namespace) -> int:
-    from .tracking import sync
+    from pipeline.platform.tracking import sync
 
     left = sync(a.run_dir, timeout=a.timeout)
     print(f"{a.run_dir}: " + (f"{left} events still undelivered (is the server up?)" if left else "all delivered"))
@@ -441,12 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError
-    from .data import DataError
-    from .stack import StackError
-    from .storage import StorageError
-    from .submit import SubmitError
-    from .tracking import TrackingError
+    from pipeline.data import DataError
+    from pipeline.data.s3 import StorageError
+    from pipeline.files import CheckpointError
+    from pipeline.launch.submit import SubmitError
+    from pipeline.platform.services import StackError
+    from pipeline.platform.tracking import TrackingError
 
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "demo": cmd_demo, "data": cmd_data_prepare,
                 "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track, "sweep": cmd_sweep,

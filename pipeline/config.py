@@ -1,481 +1,478 @@
 """One typed job schema, loaded from ``jobs/*.yaml``.
 
-Every section is a dataclass; :func:`load_job` turns YAML (plus dotted ``--set`` overrides) into a
-:class:`JobConfig`, failing at load time with the key's dotted path and what is allowed. Defaults are
-the official OAT constants (CIFAR-10, ResNet-34); ``None`` fields are filled by :meth:`JobConfig.resolve`
-so that the resolved copy written next to every result holds no implicit value.
+Every section is a pydantic model (:class:`pipeline.data.settings.Section`); :func:`load_job` turns YAML (plus
+dotted ``--set`` overrides) into a :class:`JobConfig`, failing at load time with the key's dotted path and what
+is allowed. Defaults are the official OAT constants (CIFAR-10, ResNet-34); ``null`` fields are filled by
+:meth:`JobConfig.resolve`, so that the resolved copy written next to every result holds no implicit value.
+
+Every field has a description: ``oat train --help-config`` lists them, and :func:`job_schema` is the JSON Schema
+of a job file (``python -m pipeline.config --schema``, checked in as ``jobs/schema.json`` for editors).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import argparse
+import json
 import re
-import types
+import sys
 import typing
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
+from pydantic import Field, ValidationError
+
+from pipeline.data.datasets import ReferenceTable
+from pipeline.data.settings import (
+    REFERENCE_VAL_SIZE,
+    ConfigError,
+    DataConfig,
+    Flag,
+    Integer,
+    Number,
+    OneOf,
+    Section,
+    Text,
+    config_error,
+)
+from pipeline.science.attacks import default_step_size
+from pipeline.science.methods import METHODS, get_method
+
+__all__ = ["REFERENCE_BACKBONE", "REFERENCE_LAMBDAS", "REFERENCE_VAL_SIZE", "REFERENCE_WIDTHS", "AttackConfig",
+           "ConfigError", "DataConfig", "EvalConfig", "JobConfig", "MethodConfig", "ModelConfig", "OptimConfig",
+           "PipelineConfig", "RayConfig", "RetrainConfig", "SweepConfig", "TrackingConfig", "TrainConfig",
+           "config_help", "default_step_size", "derive_job", "job_from_dict", "job_schema", "load_job", "main",
+           "parse_override", "schema_text"]
 
 REFERENCE_LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 REFERENCE_WIDTHS = [0.5, 0.75, 1.0]
 
-Dataset = Literal["digits", "cifar10", "svhn", "stl10"]
+# The reference pairs each data set with one backbone (CIFAR-10: ResNet-34, SVHN: WRN-16-8, STL-10: WRN-40-2);
+# each data set's registry entry names it.
+REFERENCE_BACKBONE: Mapping[str, str] = ReferenceTable("backbone")
+
 Backbone = Literal["small_cnn", "resnet18", "resnet34", "wrn16_8", "wrn40_2", "resnet", "wrn"]
-Method = Literal["pgdat", "oat", "oats"]
 Encoding = Literal["rand", "onehot", "dct", "none"]
-
-# The reference pairs each data set with one backbone (CIFAR-10: ResNet-34, SVHN: WRN-16-8, STL-10: WRN-40-2).
-REFERENCE_BACKBONE: dict[str, str] = {
-    "cifar10": "resnet34",
-    "svhn": "wrn16_8",
-    "stl10": "wrn40_2",
-    "digits": "small_cnn",
-}
-
-# The reference validation split: the last N training images of each data set.
-REFERENCE_VAL_SIZE: dict[str, int] = {"cifar10": 5000, "svhn": 5000, "stl10": 500, "digits": 200}
+MethodName = Annotated[str, OneOf(lambda: METHODS)]
+AttackName = Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]
 
 
-class ConfigError(ValueError):
-    """A job configuration that cannot run; the message names the dotted key and what is allowed."""
+def _help(text: str) -> Any:
+    """A field that defaults to null (``resolve()`` fills it, or it means "not set"), with its description."""
+    return Field(default=None, description=text)
 
 
-@dataclass
-class DataConfig:
-    dataset: Dataset = "cifar10"
-    root: str = "data"  # where CIFAR-10 / SVHN / STL-10 files live (torchvision's on-disk formats)
-    download: bool = False  # let torchvision download into root when missing (needs internet)
-    val_size: int | None = None  # held-out images at the end of train; None: the reference split
-    augment: bool = True  # the reference train augmentation of the data set
-    loader: Literal["ffcv", "memory"] = "ffcv"  # ffcv: .beton files; memory: in-process tensors (debugging)
-    beton: str | None = None  # a prepared set (folder or s3://bucket/prefix); None: prepared into the cache
-    cache_dir: str | None = None  # node-local cache; None: $OAT_CACHE_DIR or ~/.cache/oat
-    workers: int | None = None  # FFCV decoding threads; None: train.threads, else the CPUs this process may use
+def _section(cls: type[Section], text: str) -> Any:
+    """A section of the job: all its defaults unless the file sets some."""
+    return Field(default_factory=cls, description=text)
 
 
-@dataclass
-class ModelConfig:
-    backbone: Backbone | None = None  # None: the reference backbone of the data set
-    channels: list[int] | None = None  # small_cnn / resnet: channels per stage
-    blocks: list[int] | None = None  # resnet: BasicBlocks per stage
-    depth: int | None = None  # wrn: depth (6n + 4)
-    widen: int | None = None  # wrn: widen factor
-    dropout: float | None = None  # None: 0.3 for WRNs (reference), 0 otherwise
-    widths: list[float] | None = None  # OATS: its slimmable widths (None: [0.5, 0.75, 1.0]); PGDAT / OAT: one
-    # width multiplier (None: [1.0]); [0.5] is a plain model with half the channels in every layer
-    encoding: Encoding = "rand"
-    dim: int = 128  # λ code dimension (1 for encoding none)
-    use2BN: bool = True  # dual batch norm (BN_c for λ = 0, BN_a for λ > 0); OAT / OATS only
-    encoding_seed: int = 0  # seeds the `rand` encoding matrix (the official code set none)
+class ModelConfig(Section):
+    """The network: backbone, λ conditioning (encoding, FiLM, dual BN) and widths."""
+
+    section: ClassVar[str] = "model"
+
+    backbone: Backbone | None = _help("null: the reference backbone of the data set")
+    channels: list[Integer] | None = _help("small_cnn / resnet: channels per stage")
+    blocks: list[Integer] | None = _help("resnet: BasicBlocks per stage")
+    depth: Integer | None = _help("wrn: depth (6n + 4)")
+    widen: Integer | None = _help("wrn: widen factor")
+    dropout: Number | None = _help("null: 0.3 for WRNs (reference), 0 otherwise")
+    widths: list[Number] | None = _help(
+        "OATS: its slimmable widths (null: [0.5, 0.75, 1.0]); PGDAT / OAT: one width multiplier (null: [1.0]); "
+        "[0.5] is a plain model with half the channels in every layer")
+    encoding: Encoding = Field(default="rand", description="how λ is encoded into the model's conditioning input")
+    dim: Integer = Field(default=128, description="λ code dimension (1 for encoding none)")
+    use2BN: Flag = Field(default=True, description="dual batch norm (BN_c for λ = 0, BN_a for λ > 0); OAT / OATS only")
+    encoding_seed: Integer = Field(
+        default=0, description="seeds the `rand` encoding matrix (the official code set none)")
 
 
-@dataclass
-class MethodConfig:
-    name: Method = "oat"
-    Lambda: float = 0.5  # PGDAT: the fixed trade-off weight
-    lambda_choices: list[float] = field(default_factory=lambda: list(REFERENCE_LAMBDAS))
-    zero_fraction: float | None = None  # share of a batch at λ = 0; None: 1/|Λ| as in the reference
+class MethodConfig(Section):
+    """The training method (pipeline/science/methods.py) and its λ settings."""
+
+    section: ClassVar[str] = "method"
+
+    name: MethodName = Field(default="oat", description="the training method")
+    Lambda: Number = Field(default=0.5, description="PGDAT: the fixed trade-off weight")
+    lambda_choices: list[Number] = Field(
+        default=REFERENCE_LAMBDAS, description="OAT / OATS: the λ values the model is trained for (0.0 included)")
+    zero_fraction: Number | None = _help("share of a batch at λ = 0; null: 1/|Λ| as in the reference")
 
 
-@dataclass
-class AttackConfig:
-    norm: Literal["linf", "l2"] = "linf"
-    eps: float = 8 / 255
-    steps: int = 7
-    step_size: float | None = None  # None: min(1.25ε, ε + 4/255)/steps (L∞), 2.5ε/steps (L2)
-    random_start: bool = True
+class AttackConfig(Section):
+    """The PGD attack of training and validation."""
+
+    section: ClassVar[str] = "attack"
+
+    norm: Literal["linf", "l2"] = Field(default="linf", description="the threat model")
+    eps: Number = Field(default=8 / 255, description="the attack radius ε (a number or a fraction such as 8/255)")
+    steps: Integer = Field(default=7, description="PGD steps")
+    step_size: Number | None = _help("null: min(1.25ε, ε + 4/255)/steps (L∞), 2.5ε/steps (L2)")
+    random_start: Flag = Field(default=True, description="start from a uniform random point in the ε-ball")
 
 
-@dataclass
-class OptimConfig:
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    milestones: list[int] = field(default_factory=lambda: [50, 150])
+class OptimConfig(Section):
+    """SGD and its learning-rate schedule."""
+
+    section: ClassVar[str] = "optim"
+
+    lr: Number = Field(default=0.1, description="the initial learning rate")
+    momentum: Number = Field(default=0.9, description="SGD momentum")
+    weight_decay: Number = Field(default=5e-4, description="L2 weight decay")
+    nesterov: Flag = Field(default=False, description="Nesterov momentum")
+    schedule: Literal["cosine", "multistep", "constant"] = Field(
+        default="cosine", description="the learning-rate schedule")
+    milestones: list[Integer] = Field(
+        default=[50, 150], description="multistep: the epochs where the rate drops by 10×")
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 200
-    batch_size: int = 128
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the backbone (state-dict keys unchanged); pays a compile at start-up
-    threads: int | None = None  # torch intra-op threads on CPU; None: torch's default
-    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests, benchmarks)
-    accumulate: int = 1  # micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)
-    init_from: str | None = None  # start from these weights (a checkpoint of the same model: a file, runs:/…, s3://…);
-    # a resumed run ignores it
+class TrainConfig(Section):
+    """The training run on one process (or per Ray worker)."""
+
+    section: ClassVar[str] = "train"
+
+    epochs: Integer = Field(default=200, description="training epochs")
+    batch_size: Integer = Field(default=128, description="the global batch (split over DDP workers)")
+    seed: Integer = Field(default=0, description="seeds the weights, the data order and the λ sampling")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when available")
+    amp: Flag = Field(default=False, description="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: Flag = Field(default=False, description="channels-last memory format for images and the model")
+    compile: Flag = Field(
+        default=False, description="torch.compile the backbone (state-dict keys unchanged); pays a compile at start-up")
+    threads: Integer | None = _help("torch intra-op threads on CPU; null: torch's default")
+    max_steps_per_epoch: Integer | None = _help("cut epochs short (smoke tests, benchmarks)")
+    accumulate: Integer = Field(
+        default=1, description="micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)")
+    init_from: Text | None = _help("start from these weights (a checkpoint of the same model: a file, runs:/…, "
+                                   "s3://…); a resumed run ignores it")
 
 
-@dataclass
-class EvalConfig:
-    batch_size: int = 100
-    every: int = 10  # validate every N epochs ...
-    last_quarter: bool = True  # ... and every epoch in the last quarter (reference cadence)
-    lambdas: list[float] | None = None  # None: method.lambda_choices
-    widths: list[float] | None = None  # None: model.widths
-    val_steps: int | None = None  # PGD steps on validation; None: attack.steps (PGD-7, the reference)
-    test_steps: int = 20  # PGD steps for the final test-split evaluation
-    # attacks of the final test evaluation: PGD-<test_steps> always; add autoattack (or one of its components)
-    # and eval.json, the comparison and the registry quote AutoAttack numbers (pipeline/robustness.py)
-    test_attacks: list[Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]] = field(
-        default_factory=lambda: ["pgd"])
-    max_images: int | None = None  # cap the images per evaluation (None: all)
-    fuse_lambdas: bool = True  # evaluate all λ of a width in one batched pass (same numbers, fewer kernels)
+class EvalConfig(Section):
+    """Validation during training and the final test-split evaluation."""
+
+    section: ClassVar[str] = "eval"
+
+    batch_size: Integer = Field(default=100, description="evaluation batch size")
+    every: Integer = Field(default=10, description="validate every N epochs ...")
+    last_quarter: Flag = Field(default=True, description="... and every epoch in the last quarter (reference cadence)")
+    lambdas: list[Number] | None = _help("λ values to evaluate; null: method.lambda_choices")
+    widths: list[Number] | None = _help("widths to evaluate; null: model.widths")
+    val_steps: Integer | None = _help("PGD steps on validation; null: attack.steps (PGD-7, the reference)")
+    test_steps: Integer = Field(default=20, description="PGD steps for the final test-split evaluation")
+    test_attacks: list[AttackName] = Field(
+        default=["pgd"], description="attacks of the final test evaluation: PGD-<test_steps> always; add "
+                                     "autoattack (or one of its components) and eval.json, the comparison and the "
+                                     "registry quote AutoAttack numbers (pipeline/science/robustness.py)")
+    max_images: Integer | None = _help("cap the images per evaluation (null: all)")
+    fuse_lambdas: Flag = Field(
+        default=True, description="evaluate all λ of a width in one batched pass (same numbers, fewer kernels)")
 
 
-@dataclass
-class TrackingConfig:
-    """MLflow tracking (rank 0 of every run; see pipeline/tracking.py)."""
+# ``register`` is a YAML key of this section; pydantic warns that it shadows the metaclass's ABC `register`
+# (a class attribute only: on an instance it is the field).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
 
-    enabled: bool = False
-    uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else a local store (sqlite:///mlflow.db)
-    experiment: str = "oat"
-    system_metrics: bool = True  # CPU, memory, disk, network (and GPU) as system/… metrics
-    system_metrics_interval: float = 10.0  # seconds between samples
-    register: bool | None = None  # register the final model (pyfunc serving λ); None: OAT/OATS yes, PGDAT no
-    model_name: str | None = None  # registered model name; None: the job's name
-    alias: str = "champion"  # alias set on the newly registered version (models:/NAME@ALIAS)
-    flush_timeout_s: float = 120.0  # at the end, wait this long for undelivered metrics and artifacts
+    class TrackingConfig(Section):
+        """MLflow tracking (rank 0 of every run; see pipeline/platform/tracking.py)."""
+
+        section: ClassVar[str] = "tracking"
+
+        enabled: Flag = Field(default=False, description="track the run in MLflow")
+        uri: Text | None = _help("null: $MLFLOW_TRACKING_URI, else a local store (sqlite:///mlflow.db)")
+        experiment: Text = Field(default="oat", description="the MLflow experiment")
+        system_metrics: Flag = Field(
+            default=True, description="CPU, memory, disk, network (and GPU) as system/… metrics")
+        system_metrics_interval: Number = Field(default=10.0, description="seconds between system-metric samples")
+        register: Flag | None = _help("register the final model (pyfunc serving λ); null: OAT/OATS yes, PGDAT no")
+        model_name: Text | None = _help("registered model name; null: the job's name")
+        alias: Text = Field(
+            default="champion", description="alias set on the newly registered version (models:/NAME@ALIAS)")
+        flush_timeout_s: Number = Field(
+            default=120.0, description="at the end, wait this long (seconds) for undelivered metrics and artifacts")
 
 
-@dataclass
-class RayConfig:
+class RayConfig(Section):
     """How ``oat run`` runs the job on a Ray cluster (``oat train`` ignores this section)."""
 
-    num_workers: int = 1  # DDP workers; train.batch_size is split over them
-    use_gpu: bool = False  # one GPU per worker, NCCL; otherwise gloo on CPU
-    cpus_per_worker: float = 1.0  # also the worker's torch threads and FFCV decoding threads
-    gpus_per_worker: float = 1.0
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: int = 0  # restarts of the worker group (from the last checkpoint); -1: unlimited
-    storage_path: str | None = None  # a folder every node sees, or s3://bucket/prefix; None: ~/ray_results
-    name: str | None = None  # the run's name under storage_path (None: the job's name); same name = resume
-    checkpoints_to_keep: int = 2
+    section: ClassVar[str] = "ray"
+
+    num_workers: Integer = Field(default=1, description="DDP workers; train.batch_size is split over them")
+    use_gpu: Flag = Field(default=False, description="one GPU per worker, NCCL; otherwise gloo on CPU")
+    cpus_per_worker: Number = Field(
+        default=1.0, description="CPUs per worker; also the worker's torch threads and FFCV decoding threads")
+    gpus_per_worker: Number = Field(default=1.0, description="GPUs per worker (with use_gpu)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="Ray placement strategy of the worker group")
+    max_failures: Integer = Field(
+        default=0, description="restarts of the worker group (from the last checkpoint); -1: unlimited")
+    storage_path: Text | None = _help("a folder every node sees, or s3://bucket/prefix; null: ~/ray_results")
+    name: Text | None = _help("the run's name under storage_path (null: the job's name); same name = resume")
+    checkpoints_to_keep: Integer = Field(default=2, description="checkpoints kept under storage_path")
 
 
-@dataclass
-class SweepConfig:
+class SweepConfig(Section):
     """``oat sweep``: the dedicated PGDAT baselines, one Ray Tune trial per fixed λ (other sections as the job)."""
 
-    lambdas: list[float] | None = None  # None: method.lambda_choices (the OAT job's list)
-    max_concurrent_trials: int = 2
-    max_failures: int = 1  # retries of a failed trial (-1: without limit)
-    num_workers: int | None = None  # DDP workers per trial; None: ray.num_workers
-    widths: list[float] = field(default_factory=lambda: [1.0])  # one dedicated model per (λ, width multiplier):
-    # [0.5, 0.75, 1.0] gives the OATS comparison a plain model at every width
-    name: str | None = None  # the sweep's name under ray.storage_path (None: <job name>_sweep); same name = resume
+    section: ClassVar[str] = "sweep"
+
+    lambdas: list[Number] | None = _help("null: method.lambda_choices (the OAT job's list)")
+    max_concurrent_trials: Integer = Field(default=2, description="trials running at once")
+    max_failures: Integer = Field(default=1, description="retries of a failed trial (-1: without limit)")
+    num_workers: Integer | None = _help("DDP workers per trial; null: ray.num_workers")
+    widths: list[Number] = Field(
+        default=[1.0], description="one dedicated model per (λ, width multiplier): [0.5, 0.75, 1.0] gives the OATS "
+                           "comparison a plain model at every width")
+    name: Text | None = _help("the sweep's name under ray.storage_path (null: <job name>_sweep); same name = resume")
 
 
-@dataclass
-class PipelineConfig:
+class PipelineConfig(Section):
     """``oat run`` of a pipeline job: each stage a resumable Ray run; empty: the job is one training run."""
 
-    stages: list[Literal["oat", "oats", "sweep", "compare"]] = field(default_factory=list)
-    oats_widths: list[float] = field(default_factory=lambda: list(REFERENCE_WIDTHS))  # the OATS stage's widths
+    section: ClassVar[str] = "pipeline"
+
+    stages: list[Literal["oat", "oats", "sweep", "compare"]] = Field(default=[], description="the stages, in order")
+    oats_widths: list[Number] = Field(default=REFERENCE_WIDTHS, description="the OATS stage's widths")
 
 
-@dataclass
-class RetrainConfig:
+class RetrainConfig(Section):
     """``oat retrain`` / ``oat schedule``: when to train the registered model again, and when to promote it."""
 
-    model_name: str | None = None  # the registered model (None: tracking.model_name)
-    max_age_days: float | None = 30.0  # retrain when the champion is older than this (None: only on new data)
-    init: Literal["scratch", "champion"] = "scratch"  # champion: warm-start from the champion's weights
-    runner: Literal["local", "ray"] = "local"  # ray: train as `oat run` does (Ray Train, the job's ray section)
-    max_sa_drop: float = 1.0  # the gate: points of clean accuracy any λ (and width) may lose against the champion
-    max_ra_drop: float = 1.0  # ... and of robust accuracy (AutoAttack where both have it, else PGD)
-    folder: str = "runs/retrain"  # the retraining runs and the scheduler's state
+    section: ClassVar[str] = "retrain"
+
+    model_name: Text | None = _help("the registered model (null: tracking.model_name)")
+    max_age_days: Number | None = Field(
+        default=30.0, description="retrain when the champion is older than this (null: only on new data)")
+    init: Literal["scratch", "champion"] = Field(
+        default="scratch", description="champion: warm-start from the champion's weights")
+    runner: Literal["local", "ray"] = Field(
+        default="local", description="ray: train as `oat run` does (Ray Train, the job's ray section)")
+    max_sa_drop: Number = Field(
+        default=1.0, description="the gate: points of clean accuracy any λ (and width) may lose against the champion")
+    max_ra_drop: Number = Field(
+        default=1.0, description="... and of robust accuracy (AutoAttack where both have it, else PGD)")
+    folder: Text = Field(default="runs/retrain", description="the retraining runs and the scheduler's state")
 
 
-@dataclass
-class JobConfig:
-    name: str = "oat"
-    description: str = ""
-    schedule: str | None = None  # cron ("0 3 * * 0": Sundays 03:00 UTC) for `oat schedule` and infra/k8s
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    ray: RayConfig = field(default_factory=RayConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+class JobConfig(Section):
+    """An OAT job (jobs/*.yaml): what to train, how, and where its results go."""
+
+    name: Text = Field(default="oat", description="the job's name (run folders, Ray runs, the registered model)")
+    description: Text = Field(default="", description="free text")
+    schedule: Text | None = _help("cron (\"0 3 * * 0\": Sundays 03:00 UTC) for `oat schedule` and infra/k8s")
+    data: DataConfig = _section(DataConfig, "the data set")
+    model: ModelConfig = _section(ModelConfig, "the network")
+    method: MethodConfig = _section(MethodConfig, "the training method")
+    attack: AttackConfig = _section(AttackConfig, "the training attack")
+    optim: OptimConfig = _section(OptimConfig, "the optimiser")
+    train: TrainConfig = _section(TrainConfig, "the training run")
+    eval: EvalConfig = _section(EvalConfig, "validation and test evaluation")
+    tracking: TrackingConfig = _section(TrackingConfig, "MLflow tracking")
+    ray: RayConfig = _section(RayConfig, "Ray Train (oat run)")
+    sweep: SweepConfig = _section(SweepConfig, "the PGDAT baselines (oat sweep)")
+    pipeline: PipelineConfig = _section(PipelineConfig, "the stages of a pipeline job")
+    retrain: RetrainConfig = _section(RetrainConfig, "retraining and promotion")
 
     # ------------------------------------------------------------------ derived views
     @property
     def lambdas(self) -> list[float]:
         """The λ values this job's model accepts (PGDAT: its one fixed Λ)."""
-        if self.method.name == "pgdat":
-            return [float(self.method.Lambda)]
-        return [float(v) for v in self.method.lambda_choices]
+        return get_method(self.method.name).trained_lambdas(self.method.lambda_choices, self.method.Lambda)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def resolve(self) -> JobConfig:
-        """Fill every ``None`` default from the rest of the config and check cross-field rules."""
-        m = self.model
-        if m.backbone is None:
-            m.backbone = REFERENCE_BACKBONE[self.data.dataset]  # type: ignore[assignment]
-        if m.dropout is None:
-            m.dropout = 0.3 if m.backbone in ("wrn16_8", "wrn40_2", "wrn") else 0.0
-        if m.widths is None:
-            m.widths = list(REFERENCE_WIDTHS) if self.method.name == "oats" else [1.0]
-        m.widths = sorted(float(w) for w in m.widths)
-        if m.encoding == "none":
-            m.dim = 1
-        if self.method.name == "pgdat":
-            m.use2BN = False
-        if self.data.val_size is None:
-            self.data.val_size = REFERENCE_VAL_SIZE[self.data.dataset]
-        if self.method.zero_fraction is None:
-            self.method.zero_fraction = 1.0 / len(self.method.lambda_choices)
-        if self.attack.step_size is None:
-            self.attack.step_size = default_step_size(self.attack.norm, self.attack.eps, self.attack.steps)
-        if self.eval.lambdas is None:
-            self.eval.lambdas = list(self.lambdas)
-        if self.eval.widths is None:
-            self.eval.widths = list(m.widths)
-        if self.eval.val_steps is None:
-            self.eval.val_steps = self.attack.steps
-        if self.tracking.register is None:
-            self.tracking.register = self.method.name != "pgdat"
-        if self.tracking.model_name is None:
-            self.tracking.model_name = self.name
-        self._check()
-        return self
-
-    def _check(self) -> None:
-        def fail(key: str, msg: str) -> typing.NoReturn:
-            raise ConfigError(f"{key}: {msg}")
-
-        meth, m = self.method, self.model
-        assert m.widths is not None and self.eval.lambdas is not None and self.eval.widths is not None
-        for i, lam in enumerate(meth.lambda_choices):
-            if not 0.0 <= lam <= 1.0:
-                fail(f"method.lambda_choices[{i}]", f"{lam} is outside [0, 1]")
-        if len(set(meth.lambda_choices)) != len(meth.lambda_choices):
-            fail("method.lambda_choices", f"{meth.lambda_choices} repeats a value")
-        if not 0.0 <= meth.Lambda <= 1.0:
-            fail("method.Lambda", f"{meth.Lambda} is outside [0, 1]")
-        if meth.name in ("oat", "oats"):
-            if 0.0 not in meth.lambda_choices:
-                fail("method.lambda_choices", "OAT/OATS need 0.0 in the list (the λ = 0 share trains BN_c)")
-            if len(meth.lambda_choices) < 2:
-                fail("method.lambda_choices", "OAT/OATS need at least one λ > 0")
-            zf = meth.zero_fraction
-            if zf is None or not 0.0 < zf < 1.0:
-                fail("method.zero_fraction", f"{zf} must lie strictly between 0 and 1")
-        if meth.name != "oats" and len(m.widths) != 1:
-            fail("model.widths", f"{m.widths}: only OATS trains several widths; PGDAT and OAT take one width "
-                                 "multiplier, e.g. [1.0] or [0.5]")
-        for i, w in enumerate(m.widths):
-            if not 0.0 < w <= 1.0:
-                fail(f"model.widths[{i}]", f"{w} must lie in (0, 1]")
-        if meth.name == "oats" and max(m.widths) != 1.0:
-            fail("model.widths", f"{m.widths} must include 1.0 (the full network)")
-        if m.encoding in ("rand", "onehot", "dct") and m.dim < len(meth.lambda_choices):
-            fail("model.dim", f"{m.dim} is smaller than the number of λ choices ({len(meth.lambda_choices)})")
-        if self.attack.eps < 0:
-            fail("attack.eps", f"{self.attack.eps} must be >= 0")
-        for key, val in (("attack.steps", self.attack.steps), ("train.epochs", self.train.epochs),
-                         ("train.batch_size", self.train.batch_size), ("eval.batch_size", self.eval.batch_size),
-                         ("eval.every", self.eval.every), ("eval.test_steps", self.eval.test_steps),
-                         ("ray.num_workers", self.ray.num_workers), ("data.workers", self.data.workers or 1),
-                         ("train.accumulate", self.train.accumulate),
-                         ("ray.checkpoints_to_keep", self.ray.checkpoints_to_keep)):
-            if val < 1:
-                fail(key, f"{val} must be >= 1")
-        if self.train.batch_size % self.train.accumulate:
-            fail("train.accumulate",
-                 f"{self.train.accumulate} does not divide train.batch_size={self.train.batch_size}")
-        if self.ray.max_failures < -1:
-            fail("ray.max_failures", f"{self.ray.max_failures} must be >= -1 (-1: retry without limit)")
-        if self.ray.cpus_per_worker <= 0:
-            fail("ray.cpus_per_worker", f"{self.ray.cpus_per_worker} must be > 0")
-        if self.optim.lr <= 0:
-            fail("optim.lr", f"{self.optim.lr} must be > 0")
-        if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
-            fail("model.dropout", f"{m.dropout} must lie in [0, 1)")
-        if self.method.name != "pgdat":
-            for i, lam in enumerate(self.eval.lambdas):
-                if m.encoding != "none" and lam not in meth.lambda_choices:
-                    fail(f"eval.lambdas[{i}]", f"{lam} is not a trained λ; allowed: {meth.lambda_choices}")
-        for i, w in enumerate(self.eval.widths):
-            if w not in m.widths:
-                fail(f"eval.widths[{i}]", f"{w} is not a trained width; allowed: {m.widths}")
-        pl = self.pipeline
-        if pl.stages and self.method.name != "oat":
-            fail("method.name", f"{self.method.name!r}: a pipeline job describes the OAT run (method.name: oat); "
-                                "its OATS and PGDAT stages are derived from it")
-        if len(set(pl.stages)) != len(pl.stages):
-            fail("pipeline.stages", f"{pl.stages} repeats a stage")
-        if "compare" in pl.stages and ("sweep" not in pl.stages or not {"oat", "oats"} & set(pl.stages)):
-            fail("pipeline.stages", "compare needs the sweep stage and an oat or oats stage")
-        if max(pl.oats_widths) != 1.0 or min(pl.oats_widths) <= 0:
-            fail("pipeline.oats_widths", f"{pl.oats_widths} must lie in (0, 1] and include 1.0")
-        sw = self.sweep
-        for i, lam in enumerate(sw.lambdas or []):
-            if not 0.0 <= lam <= 1.0:
-                fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
-        if not sw.widths or len(set(sw.widths)) != len(sw.widths):
-            fail("sweep.widths", f"{sw.widths} must be a non-empty list without repeats")
-        for i, w in enumerate(sw.widths):
-            if not 0.0 < w <= 1.0:
-                fail(f"sweep.widths[{i}]", f"{w} must lie in (0, 1]")
-        if sw.num_workers is not None and sw.num_workers < 1:
-            fail("sweep.num_workers", f"{sw.num_workers} must be >= 1")
-        if sw.max_concurrent_trials < 1:
-            fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
-        if sw.max_failures < -1:
-            fail("sweep.max_failures", f"{sw.max_failures} must be >= -1 (-1: retry without limit)")
-        if self.schedule is not None:
-            from .cron import Cron, CronError
-
-            try:
-                Cron.parse(self.schedule)
-            except CronError as exc:
-                fail("schedule", str(exc))
-        rt = self.retrain
-        if rt.max_age_days is not None and rt.max_age_days <= 0:
-            fail("retrain.max_age_days", f"{rt.max_age_days} must be > 0 (null: retrain only on new data)")
-        if rt.max_sa_drop < 0 or rt.max_ra_drop < 0:
-            fail("retrain.max_sa_drop" if rt.max_sa_drop < 0 else "retrain.max_ra_drop", "must be >= 0 (points)")
-        t = self.tracking
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
-            fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")
-        if t.system_metrics_interval <= 0 or t.flush_timeout_s < 0:
-            fail("tracking.system_metrics_interval" if t.system_metrics_interval <= 0 else "tracking.flush_timeout_s",
-                 "must be > 0 (flush_timeout_s: >= 0)")
-        if not t.experiment.strip():
-            fail("tracking.experiment", "must not be empty")
-        if m.backbone == "resnet" and not m.blocks:
-            fail("model.blocks", "backbone 'resnet' needs blocks, e.g. [2, 2, 2, 2]")
-        if m.backbone == "wrn" and (m.depth is None or (m.depth - 4) % 6 != 0):
-            fail("model.depth", f"{m.depth}: backbone 'wrn' needs a depth of the form 6n + 4 (16, 28, 40)")
+        """A new job with every ``null`` default filled from the rest of the config, checked against the
+        cross-field rules. ``self`` is not changed."""
+        job = self.model_copy(deep=True)
+        _fill_defaults(job)
+        _check(job)
+        return job
 
 
-def default_step_size(norm: str, eps: float, steps: int) -> float:
-    """The reference step rule: min(1.25ε, ε + 4/255)/steps for L∞; 2.5ε/steps (Madry) for L2."""
-    if norm == "linf":
-        return min(1.25 * eps, eps + 4 / 255) / steps
-    return 2.5 * eps / steps
+def _fill_defaults(job: JobConfig) -> None:
+    method, m = get_method(job.method.name), job.model
+    if m.backbone is None:
+        m.backbone = REFERENCE_BACKBONE[job.data.dataset]  # type: ignore[assignment]  # validated on assignment
+    if m.dropout is None:
+        m.dropout = 0.3 if m.backbone in ("wrn16_8", "wrn40_2", "wrn") else 0.0
+    if m.widths is None:
+        m.widths = list(REFERENCE_WIDTHS) if method.slimmable else [1.0]
+    m.widths = sorted(float(w) for w in m.widths)
+    if m.encoding == "none":
+        m.dim = 1
+    if not method.conditioned:
+        m.use2BN = False
+    if job.data.val_size is None:
+        job.data.val_size = REFERENCE_VAL_SIZE[job.data.dataset]
+    if job.method.zero_fraction is None:
+        job.method.zero_fraction = 1.0 / len(job.method.lambda_choices)
+    if job.attack.step_size is None:
+        job.attack.step_size = default_step_size(job.attack.norm, job.attack.eps, job.attack.steps)
+    if job.eval.lambdas is None:
+        job.eval.lambdas = list(job.lambdas)
+    if job.eval.widths is None:
+        job.eval.widths = list(m.widths)
+    if job.eval.val_steps is None:
+        job.eval.val_steps = job.attack.steps
+    if job.tracking.register is None:
+        job.tracking.register = method.conditioned
+    if job.tracking.model_name is None:
+        job.tracking.model_name = job.name
+
+
+# ------------------------------------------------------------------------------- cross-field rules
+def _fail(key: str, msg: str) -> typing.NoReturn:
+    raise ConfigError(f"{key}: {msg}")
+
+
+def _check(job: JobConfig) -> None:
+    _check_method(job)
+    _check_widths(job)
+    _check_counts(job)
+    _check_evaluation(job)
+    _check_pipeline(job)
+    _check_sweep(job)
+    _check_operations(job)
+
+
+def _check_method(job: JobConfig) -> None:
+    meth, m = job.method, job.model
+    for i, lam in enumerate(meth.lambda_choices):
+        if not 0.0 <= lam <= 1.0:
+            _fail(f"method.lambda_choices[{i}]", f"{lam} is outside [0, 1]")
+    if len(set(meth.lambda_choices)) != len(meth.lambda_choices):
+        _fail("method.lambda_choices", f"{meth.lambda_choices} repeats a value")
+    if not 0.0 <= meth.Lambda <= 1.0:
+        _fail("method.Lambda", f"{meth.Lambda} is outside [0, 1]")
+    if get_method(meth.name).conditioned:
+        if 0.0 not in meth.lambda_choices:
+            _fail("method.lambda_choices", "OAT/OATS need 0.0 in the list (the λ = 0 share trains BN_c)")
+        if len(meth.lambda_choices) < 2:
+            _fail("method.lambda_choices", "OAT/OATS need at least one λ > 0")
+        zf = meth.zero_fraction
+        if zf is None or not 0.0 < zf < 1.0:
+            _fail("method.zero_fraction", f"{zf} must lie strictly between 0 and 1")
+    if m.encoding in ("rand", "onehot", "dct") and m.dim < len(meth.lambda_choices):
+        _fail("model.dim", f"{m.dim} is smaller than the number of λ choices ({len(meth.lambda_choices)})")
+    if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
+        _fail("model.dropout", f"{m.dropout} must lie in [0, 1)")
+    if m.backbone == "resnet" and not m.blocks:
+        _fail("model.blocks", "backbone 'resnet' needs blocks, e.g. [2, 2, 2, 2]")
+    if m.backbone == "wrn" and (m.depth is None or (m.depth - 4) % 6 != 0):
+        _fail("model.depth", f"{m.depth}: backbone 'wrn' needs a depth of the form 6n + 4 (16, 28, 40)")
+
+
+def _check_widths(job: JobConfig) -> None:
+    widths = job.model.widths
+    assert widths is not None, "resolve() fills model.widths"
+    slimmable = get_method(job.method.name).slimmable
+    if not slimmable and len(widths) != 1:
+        _fail("model.widths", f"{widths}: only OATS trains several widths; PGDAT and OAT take one width "
+                              "multiplier, e.g. [1.0] or [0.5]")
+    for i, w in enumerate(widths):
+        if not 0.0 < w <= 1.0:
+            _fail(f"model.widths[{i}]", f"{w} must lie in (0, 1]")
+    if slimmable and max(widths) != 1.0:
+        _fail("model.widths", f"{widths} must include 1.0 (the full network)")
+
+
+def _check_counts(job: JobConfig) -> None:
+    for key, val in (("attack.steps", job.attack.steps), ("train.epochs", job.train.epochs),
+                     ("train.batch_size", job.train.batch_size), ("eval.batch_size", job.eval.batch_size),
+                     ("eval.every", job.eval.every), ("eval.test_steps", job.eval.test_steps),
+                     ("ray.num_workers", job.ray.num_workers), ("data.workers", job.data.workers or 1),
+                     ("train.accumulate", job.train.accumulate),
+                     ("ray.checkpoints_to_keep", job.ray.checkpoints_to_keep)):
+        if val < 1:
+            _fail(key, f"{val} must be >= 1")
+    if job.train.batch_size % job.train.accumulate:
+        _fail("train.accumulate", f"{job.train.accumulate} does not divide train.batch_size={job.train.batch_size}")
+    if job.attack.eps < 0:
+        _fail("attack.eps", f"{job.attack.eps} must be >= 0")
+    if job.optim.lr <= 0:
+        _fail("optim.lr", f"{job.optim.lr} must be > 0")
+    if job.ray.max_failures < -1:
+        _fail("ray.max_failures", f"{job.ray.max_failures} must be >= -1 (-1: retry without limit)")
+    if job.ray.cpus_per_worker <= 0:
+        _fail("ray.cpus_per_worker", f"{job.ray.cpus_per_worker} must be > 0")
+
+
+def _check_evaluation(job: JobConfig) -> None:
+    meth, m, ev = job.method, job.model, job.eval
+    assert ev.lambdas is not None and ev.widths is not None and m.widths is not None, "resolve() fills them"
+    if get_method(meth.name).conditioned and m.encoding != "none":
+        for i, lam in enumerate(ev.lambdas):
+            if lam not in meth.lambda_choices:
+                _fail(f"eval.lambdas[{i}]", f"{lam} is not a trained λ; allowed: {meth.lambda_choices}")
+    for i, w in enumerate(ev.widths):
+        if w not in m.widths:
+            _fail(f"eval.widths[{i}]", f"{w} is not a trained width; allowed: {m.widths}")
+
+
+def _check_pipeline(job: JobConfig) -> None:
+    pl = job.pipeline
+    if pl.stages and job.method.name != "oat":  # the stages derive the OATS and PGDAT jobs from the OAT one
+        _fail("method.name", f"{job.method.name!r}: a pipeline job describes the OAT run (method.name: oat); "
+                             "its OATS and PGDAT stages are derived from it")
+    if len(set(pl.stages)) != len(pl.stages):
+        _fail("pipeline.stages", f"{pl.stages} repeats a stage")
+    if "compare" in pl.stages and ("sweep" not in pl.stages or not {"oat", "oats"} & set(pl.stages)):
+        _fail("pipeline.stages", "compare needs the sweep stage and an oat or oats stage")
+    if not pl.oats_widths or max(pl.oats_widths) != 1.0 or min(pl.oats_widths) <= 0:
+        _fail("pipeline.oats_widths", f"{pl.oats_widths} must lie in (0, 1] and include 1.0")
+
+
+def _check_sweep(job: JobConfig) -> None:
+    sw = job.sweep
+    for i, lam in enumerate(sw.lambdas or []):
+        if not 0.0 <= lam <= 1.0:
+            _fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
+    if not sw.widths or len(set(sw.widths)) != len(sw.widths):
+        _fail("sweep.widths", f"{sw.widths} must be a non-empty list without repeats")
+    for i, w in enumerate(sw.widths):
+        if not 0.0 < w <= 1.0:
+            _fail(f"sweep.widths[{i}]", f"{w} must lie in (0, 1]")
+    if sw.num_workers is not None and sw.num_workers < 1:
+        _fail("sweep.num_workers", f"{sw.num_workers} must be >= 1")
+    if sw.max_concurrent_trials < 1:
+        _fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
+    if sw.max_failures < -1:
+        _fail("sweep.max_failures", f"{sw.max_failures} must be >= -1 (-1: retry without limit)")
+
+
+def _check_operations(job: JobConfig) -> None:
+    """The schedule, retraining and tracking settings."""
+    if job.schedule is not None:
+        from pipeline.cron import Cron, CronError
+
+        try:
+            Cron.parse(job.schedule)
+        except CronError as exc:
+            _fail("schedule", str(exc))
+    rt = job.retrain
+    if rt.max_age_days is not None and rt.max_age_days <= 0:
+        _fail("retrain.max_age_days", f"{rt.max_age_days} must be > 0 (null: retrain only on new data)")
+    if rt.max_sa_drop < 0 or rt.max_ra_drop < 0:
+        _fail("retrain.max_sa_drop" if rt.max_sa_drop < 0 else "retrain.max_ra_drop", "must be >= 0 (points)")
+    t = job.tracking
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
+        _fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")
+    if t.system_metrics_interval <= 0 or t.flush_timeout_s < 0:
+        _fail("tracking.system_metrics_interval" if t.system_metrics_interval <= 0 else "tracking.flush_timeout_s",
+              "must be > 0 (flush_timeout_s: >= 0)")
+    if not t.experiment.strip():
+        _fail("tracking.experiment", "must not be empty")
 
 
 # ---------------------------------------------------------------------------------------- parsing
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _parse_number(value: Any, path: str) -> float:
-    """Accept numbers and fraction strings such as "8/255" (how ε is usually written)."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            if "/" in text:
-                num, den = text.split("/", 1)
-                return float(num) / float(den)
-            return float(text)
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{path}: expected a number (e.g. 0.03 or 8/255), got {value!r}")
-
-
-def _coerce(value: Any, tp: Any, path: str) -> Any:
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"{path}: must not be null; expected {_type_name(tp)}")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, path)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{path}: {value!r} is not allowed; allowed values: {', '.join(map(str, allowed))}")
-        return value
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}")
-        (item,) = get_args(tp)
-        return [_coerce(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a section (mapping), got {value!r}")
-        return _build(tp, value, path)  # type: ignore[arg-type]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        out = _parse_number(value, path)
-        if not math.isfinite(out):
-            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
-        return out
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config type {tp!r} at {path}")  # a bug in the schema, not in the job
-
-
-def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in hints:
-            where = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"{where}: unknown key; allowed keys: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{path}.{name}" if path else name)
-    return cls(**kwargs)
-
-
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -503,12 +500,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def job_from_dict(data: Mapping[str, Any] | None, overrides: Iterable[str] = (), resolve: bool = True) -> JobConfig:
+    """A job from a mapping of sections (a parsed YAML file) and ``--set`` overrides; resolved unless told not."""
     tree: dict[str, Any] = _deep_copy(dict(data or {}))
     for item in overrides:
         key, value = parse_override(item)
         _set_dotted(tree, key, value)
-    job = _build(JobConfig, tree, "")
+    try:
+        job = JobConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise config_error(exc, JobConfig) from None
     return job.resolve() if resolve else job
+
+
+def derive_job(job: JobConfig, changes: Mapping[str, Any]) -> JobConfig:
+    """A new job derived from a resolved ``job``: its settings with ``changes`` applied by dotted path
+    (``{"name": "x_pgdat", "method.name": "pgdat", "method.Lambda": 0.3}``), then validated and resolved
+    like a loaded job. ``job`` itself is not changed. The one way the stages, the sweep and retraining
+    derive their jobs."""
+    tree = job.to_dict()
+    for key, value in changes.items():
+        _set_dotted(tree, key, value)
+    return job_from_dict(tree)
 
 
 def load_job(path: str | Path | None, overrides: Iterable[str] = ()) -> JobConfig:
@@ -533,3 +545,78 @@ def _deep_copy(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_deep_copy(v) for v in obj]
     return obj
+
+
+# --------------------------------------------------------------------------------- schema and help
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def job_schema() -> dict[str, Any]:
+    """The JSON Schema of a job file (what ``jobs/schema.json`` holds)."""
+    schema = JobConfig.model_json_schema()
+    schema["title"] = "OAT job"
+    return {"$schema": SCHEMA_DIALECT, **schema}
+
+
+def schema_text() -> str:
+    return json.dumps(job_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def _type_label(prop: Mapping[str, Any]) -> str:
+    if "enum" in prop:
+        return "one of " + ", ".join(str(v) for v in prop["enum"])
+    if "anyOf" in prop:
+        return " or ".join(dict.fromkeys(_type_label(p) for p in prop["anyOf"]))
+    kind = prop.get("type")
+    if kind == "array":
+        item = _type_label(prop.get("items", {}))
+        return f"list of ({item})" if " " in item else f"list of {item}"
+    if kind == "string" and "pattern" in prop:
+        return "fraction (e.g. 8/255)"
+    return {"boolean": "true/false", "null": "null"}.get(str(kind), str(kind or "any"))
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value else '""'
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _field_lines(key: str, prop: Mapping[str, Any]) -> list[str]:
+    default = f" = {_value_label(prop['default'])}" if "default" in prop else ""
+    return [f"  {key}: {_type_label(prop)}{default}", f"      {prop.get('description', '')}"]
+
+
+def config_help() -> str:
+    """Every section and field of a job: type, default and description (``oat train --help-config``)."""
+    schema = job_schema()
+    lines = ["Job file sections and fields (YAML; override one with --set SECTION.FIELD=VALUE).", "", "(top level)"]
+    sections = []
+    for key, prop in schema["properties"].items():
+        if "$ref" in prop:
+            sections.append((key, schema["$defs"][prop["$ref"].rsplit("/", 1)[-1]]))
+        else:
+            lines += _field_lines(key, prop)
+    for key, section in sections:
+        lines += ["", f"{key}:  {section.get('description', '')}"]
+        for name, prop in section["properties"].items():
+            lines += _field_lines(f"{key}.{name}", prop)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config", description="The job file format.")
+    parser.add_argument("--schema", action="store_true", help="print the JSON Schema of a job file")
+    parser.add_argument("--out", help="with --schema: write it to this file (e.g. jobs/schema.json)")
+    a = parser.parse_args(argv)
+    if not a.schema:
+        print(config_help())
+    elif a.out:
+        Path(a.out).write_text(schema_text())
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

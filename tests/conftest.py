@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipeline.config import JobConfig, job_from_dict
-from pipeline.models import ModelSpec, RobustNet, build_model
+from pipeline.science.model import ModelSpec, RobustNet, build_model
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -63,7 +63,7 @@ def oat_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3-compatible server (SeaweedFS) on loopback, started once per session, with its own keys."""
-    from pipeline.stack import S3Server, free_port
+    from pipeline.platform.services import S3Server, free_port
 
     server = S3Server(tmp_path_factory.mktemp("s3"), port=free_port(), buckets=("oat", "data")).start()
     yield server
@@ -83,7 +83,7 @@ def s3_env(s3_server, monkeypatch):
 def ray_cluster(tmp_path_factory, oat_cache):
     """A real two-node Ray cluster on this machine (`ray start --head` on 127.0.0.2, a second node on
     127.0.0.3), token-authenticated, started once per session; stopped without touching other Rays."""
-    from pipeline.stack import RayCluster
+    from pipeline.platform.services import RayCluster
 
     cluster = RayCluster(Path(tempfile.mkdtemp(prefix="oat-ray-")), nodes=2, cpus_per_node=2).start()
     yield cluster
@@ -99,8 +99,8 @@ def job_factory():
 def stack():
     """The real local stack (`oat stack up`): SeaweedFS S3, an MLflow server with a SQLite backend and proxied
     artifacts in S3, a Ray head; free ports, fresh keys, its own folder; `down` at the end of the session."""
-    from pipeline.localstack import DEFAULTS, LocalStack, ensure_env_file
-    from pipeline.stack import free_ports
+    from pipeline.platform.local_stack import DEFAULTS, LocalStack, ensure_env_file
+    from pipeline.platform.services import free_ports
 
     root = Path(tempfile.mkdtemp(prefix="oat-stack-"))  # short: Ray's socket paths have a length limit
     env_file = root / "stack.env"

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attacks import PGD, frozen_eval
 from pipeline.config import AttackConfig
+from pipeline.science.attacks import PGD, frozen_eval
 
 from .conftest import tiny_model
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.config import DataConfig
 from pipeline.data import DataError, load_splits, open_data, prepare
 from pipeline.data.beton import MANIFEST, open_prepared, read_manifest
+from pipeline.data.s3 import sha256_file
+from pipeline.data.settings import DataConfig
 from pipeline.data.source import BetonSource, MemorySource
-from pipeline.storage import sha256_file
 
 from .datagen import write_cifar, write_stl, write_svhn
 

@@ -115,3 +115,66 @@ def test_missing_and_malformed_job_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_job(bad)
+
+
+def test_resolve_returns_a_new_job():
+    raw = job_from_dict({"method": {"name": "oats"}}, resolve=False)
+    before = raw.to_dict()
+    job = raw.resolve()
+    assert job is not raw and raw.to_dict() == before and raw.model.widths is None
+    assert job.model.widths == [0.5, 0.75, 1.0] and job.model.backbone == "resnet34"
+    assert job.resolve().to_dict() == job.to_dict()  # resolving twice changes nothing
+
+
+def test_methods_come_from_the_registry():
+    from pipeline.science.methods import METHODS
+
+    for name, method in METHODS.items():
+        job = job_from_dict({"method": {"name": name}})
+        assert job.model.use2BN == method.conditioned and job.tracking.register == method.conditioned
+        assert len(job.model.widths) == (3 if method.slimmable else 1)
+    assert job_from_dict({"method": {"name": "pgdat", "Lambda": 0.3}}).lambdas == [0.3]
+
+
+def test_assignment_is_validated_with_the_dotted_key():
+    job = job_from_dict({})
+    job.train.threads = 4
+    job.attack.eps = "4/255"
+    assert job.train.threads == 4 and job.attack.eps == pytest.approx(4 / 255)
+    with pytest.raises(ConfigError, match=r"^train.threads: expected an integer, got 'four'"):
+        job.train.threads = "four"
+    with pytest.raises(ConfigError, match=r"^model.encoding: 'sparse' is not allowed; allowed values: rand, onehot"):
+        job.model.encoding = "sparse"
+    with pytest.raises(ConfigError, match=r"^data.dataset: 'mnist' is not allowed"):
+        job.data.dataset = "mnist"
+    assert job.train.threads == 4 and job.model.encoding == "rand"
+
+
+def test_wrong_shapes_and_several_errors():
+    with pytest.raises(ConfigError, match=r"^train: expected a section \(mapping\), got 5"):
+        job_from_dict({"train": 5})
+    with pytest.raises(ConfigError, match=r"^model.widths: expected a list, got 0.5"):
+        job_from_dict({"model": {"widths": 0.5}})
+    with pytest.raises(ConfigError) as e:
+        job_from_dict({"train": {"epochs": "ten", "amp": 1}, "eval": {"test_attacks": ["pgd", "fgsm"]}})
+    assert str(e.value).splitlines() == [
+        "train.epochs: expected an integer, got 'ten'", "train.amp: expected true or false, got 1",
+        "eval.test_attacks[1]: 'fgsm' is not allowed; allowed values: pgd, apgd-ce, apgd-t, fab-t, square, autoattack"]
+
+
+def test_help_config_lists_every_field_without_a_job(capsys):
+    from pipeline.cli import main
+    from pipeline.config import JobConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help-config"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "  train.batch_size: integer = 128\n      the global batch" in out
+    assert "  optim.schedule: one of cosine, multistep, constant = cosine" in out
+    assert "  data.dataset: one of digits, cifar10, svhn, stl10 = cifar10" in out
+    assert "  attack.eps: number or fraction (e.g. 8/255) = 0.0313" in out
+    for section, info in JobConfig.model_fields.items():
+        fields = getattr(info.annotation, "model_fields", None)
+        for name in fields or [section]:
+            assert (f"  {section}.{name}: " if fields else f"  {section}: ") in out

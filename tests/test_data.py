@@ -1,8 +1,11 @@
+import dataclasses
+
 import pytest
 import torch
 
-from pipeline.config import DataConfig
-from pipeline.data import DataError, TensorLoader, crop_flip, load_splits
+from pipeline.data import DataError, TensorLoader, crop_flip, load_splits, open_data
+from pipeline.data.datasets import DATASETS, DatasetSpec, ImageSet, register, unregister
+from pipeline.data.settings import ConfigError, DataConfig
 
 from .datagen import write_cifar, write_stl, write_svhn
 
@@ -85,3 +88,59 @@ def test_loader_epochs_drop_last_and_shards():
     assert len(ids[0]) == len(ids[1]) == 600
     idx = [sh._indices() for sh in shards]
     assert not set(idx[0].tolist()) & set(idx[1].tolist())
+
+
+def _read_tiny(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (30, 3, 4, 4), generator=g, dtype=torch.uint8)
+    y = torch.arange(30) % 2
+    return ImageSet(x[:24], y[:24], 255.0), ImageSet(x[24:], y[24:], 255.0)
+
+
+TINY = DatasetSpec(name="tiny", title="Tiny", description="30 random 4×4 images, 2 classes", classes=("a", "b"),
+                   image_shape=(3, 4, 4), val_size=4, backbone="small_cnn", augment="crop_flip", read=_read_tiny,
+                   describe_split=lambda val: f"train = the first {24 - val}, val = the next {val}", bundled=True)
+
+
+def test_a_new_data_set_is_one_registry_entry():
+    from pipeline.cli import build_parser
+    from pipeline.config import REFERENCE_BACKBONE, REFERENCE_VAL_SIZE, job_from_dict, job_schema
+
+    register(TINY)
+    try:
+        s = load_splits(DataConfig(dataset="tiny"))
+        assert (len(s.train), len(s.val), len(s.test)) == (20, 4, 6)
+        assert s.num_classes == 2 and s.image_shape == (3, 4, 4) and s.augment == "crop_flip"
+        src = open_data(DataConfig(dataset="tiny", loader="memory", val_size=6))
+        assert src.describe() == {"dataset": "tiny", "loader": "memory", "train": 18, "val": 6, "test": 6,
+                                  "image_shape": [3, 4, 4], "num_classes": 2}
+        x, y = next(iter(src.loader("train", 8, train=True)))
+        assert x.shape == (8, 3, 4, 4) and x.dtype == torch.float32 and float(x.max()) <= 1.0
+        job = job_from_dict({"data": {"dataset": "tiny"}})
+        assert (job.model.backbone, job.data.val_size) == ("small_cnn", 4)
+        assert REFERENCE_BACKBONE["tiny"] == "small_cnn" and REFERENCE_VAL_SIZE["tiny"] == 4
+        assert "tiny" in job_schema()["$defs"]["DataConfig"]["properties"]["dataset"]["enum"]
+        assert build_parser().parse_args(["data", "prepare", "--dataset", "tiny", "--out", "x"]).dataset == "tiny"
+        with pytest.raises(ValueError, match="already registered"):
+            register(TINY)
+    finally:
+        unregister("tiny")
+    assert "tiny" not in DATASETS and "tiny" not in REFERENCE_VAL_SIZE
+    with pytest.raises(ConfigError, match=r"data.dataset: 'tiny' is not allowed; allowed values: digits, cifar10"):
+        job_from_dict({"data": {"dataset": "tiny"}})
+
+
+def test_registered_shape_is_checked():
+    register(dataclasses.replace(TINY, name="tiny_wrong", image_shape=(1, 4, 4)))
+    try:
+        with pytest.raises(DataError, match=r"Tiny train images are \[3, 4, 4\], not the registered \[1, 4, 4\]"):
+            load_splits(DataConfig(dataset="tiny_wrong"))
+    finally:
+        unregister("tiny_wrong")
+
+
+def test_registry_holds_the_reference_data_sets():
+    assert list(DATASETS) == ["digits", "cifar10", "svhn", "stl10"]
+    assert {n: (d.val_size, d.backbone, d.augment, d.num_classes, d.image_shape) for n, d in DATASETS.items()} == {
+        "digits": (200, "small_cnn", None, 10, (1, 8, 8)), "cifar10": (5000, "resnet34", "crop_flip", 10, (3, 32, 32)),
+        "svhn": (5000, "wrn16_8", None, 10, (3, 32, 32)), "stl10": (500, "wrn40_2", "crop_flip", 10, (3, 96, 96))}

@@ -2,7 +2,7 @@
 
 import json
 
-from pipeline.demo import run_demo
+from pipeline.launch.demo import run_demo
 
 
 def test_demo_compares_oat_with_dedicated_models(tmp_path, capsys):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.attacks import PGD
-from pipeline.evaluate import evaluate_model
+from pipeline.science.attacks import PGD
+from pipeline.science.curves import evaluate_model
 
 from .conftest import tiny_model
 

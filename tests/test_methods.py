@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.methods import LambdaSampler, oat_step, oats_step, pgdat_step
+from pipeline.science.methods import oat_step, oats_step, pgdat_step
+from pipeline.science.sampling import LambdaSampler
 
 from .conftest import tiny_model
 
@@ -100,7 +101,7 @@ def test_oats_averages_the_oat_loss_over_widths_with_own_subnetworks():
 def test_oat_step_golden_value():
     """Pins the whole step (model, sampler, PGD) on a tiny seeded config: torch is pinned, so a change
     here means the computation changed."""
-    from pipeline.attacks import PGD
+    from pipeline.science.attacks import PGD
 
     torch.manual_seed(0)
     m = tiny_model(seed=0).train()
@@ -121,8 +122,8 @@ def test_compiled_backbone_computes_the_eager_step():
     of C++ compiling on this CPU); benchmarks/gpu.py times the inductor build on CUDA."""
     from torch._dynamo.utils import counters
 
-    from pipeline.attacks import PGD
-    from pipeline.train import compile_model
+    from pipeline.science.attacks import PGD
+    from pipeline.training.setup import compile_model
 
     counters.clear()
     eager = tiny_model(seed=3).train()

@@ -5,9 +5,11 @@ import scipy.fft
 import torch
 
 from pipeline.config import job_from_dict
-from pipeline.models import Route, build_model, count_film_layers, film_parameters, spec_from_job
-from pipeline.models.encoding import encoding_matrix
-from pipeline.models.layers import CondNorm
+from pipeline.science.conditioning import Route
+from pipeline.science.dual_bn import CondNorm
+from pipeline.science.encoding import encoding_matrix
+from pipeline.science.model import build_model, count_film_layers, film_parameters
+from pipeline.training.setup import spec_from_job
 
 from .conftest import tiny_model
 

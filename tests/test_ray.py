@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.train import fit
+from pipeline.training.loop import fit
 
 from .conftest import tiny_job
 
@@ -158,7 +158,7 @@ def test_oat_submit_follows_the_logs(ray_cluster, tmp_path):
 def test_s3_storage_and_resubmission_resume(ray_cluster, s3_env, tmp_path):
     """Checkpoints in S3 (the session's SeaweedFS); submitting the finished job again with the same storage
     and name restores its last checkpoint instead of training again."""
-    from pipeline import storage
+    from pipeline.data import s3 as storage
 
     job = ray_job(tmp_path, "s3run", train={"epochs": 2, "max_steps_per_epoch": 3}, eval={"test_steps": 2})
     first = oat_run(ray_cluster, job, "s3://oat/ray-runs", tmp_path / "out1")

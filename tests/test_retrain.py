@@ -173,7 +173,7 @@ def test_cron_schedules():
 def test_scheduler_fires_on_time_never_overlaps_and_survives_a_restart(changed, setup):
     """Every 3 s; a retraining check (here: a skip, the champion is current) takes longer than that to start
     Python, so fire times that find it running are skipped. Then the scheduler restarts from its state."""
-    from pipeline.schedule import wait_for_run
+    from pipeline.launch.schedule import wait_for_run
 
     r = oat("schedule", setup["job"], "--max-fires", "4", "--set", "retrain.max_age_days=1000", timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]

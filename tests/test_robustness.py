@@ -1,7 +1,7 @@
-"""Evaluation a reviewer trusts (pipeline/robustness.py, pipeline/report.py): AutoAttack through the fixed-(λ,
-width) wrapper, the per-image worst case, restartable evaluations, the gradient-masking sanity checks on a real
-model and on a deliberately masked one, and the HTML report. The model is a small OAT model trained on digits
-in this module."""
+"""Evaluation a reviewer trusts (pipeline/science/robustness.py, pipeline/launch/assess.py): AutoAttack through
+the fixed-(λ, width) wrapper, the per-image worst case, restartable evaluations, the gradient-masking sanity
+checks on a real model and on a deliberately masked one, and the HTML report. The model is a small OAT model
+trained on digits in this module."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline import robustness
-from pipeline.api import load_model
 from pipeline.data import open_data
-from pipeline.evaluate import headline_attack
-from pipeline.robustness import AttackSpec, evaluate_attacks, load_test_tensors, sanity_checks
+from pipeline.science import robustness
+from pipeline.science.curves import headline_attack
+from pipeline.science.model import load_model
+from pipeline.science.robustness import AttackSpec, evaluate_attacks, load_test_tensors, sanity_checks
 from tests.conftest import tiny_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ N = 40
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipeline.train import fit
+    from pipeline.training.loop import fit
 
     out = tmp_path_factory.mktemp("robust") / "run"
     job = tiny_job(name="tiny_robust", method={"lambda_choices": [0.0, 1.0]},
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
 def test_autoattack_is_at_most_pgd20_at_every_lambda(trained):
     """The training run's final test evaluation (eval.test_attacks: [pgd, autoattack], PGD-20): AutoAttack, run
     through the fixed-(λ, width) wrapper on the same images, never reports more robustness than PGD-20."""
-    from pipeline.evaluate import read_points
+    from pipeline.science.curves import read_points
 
     pts = read_points(trained["out"] / "eval.json")
     pgd = {p.lam: p for p in pts if p.attack == "pgd"}

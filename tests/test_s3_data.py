@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import storage
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from pipeline.data import DataError, prepare
+from pipeline.data import s3 as storage
 from pipeline.data.beton import fetch
-from pipeline.stack import free_port
-from pipeline.train import fit
+from pipeline.platform.services import free_port
+from pipeline.training.loop import fit
 
 from .conftest import tiny_job
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.sweep import baseline_job, sweep_lambdas
+from pipeline.launch.sweep import baseline_job, sweep_lambdas
 from tests.conftest import tiny_job
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.stack import free_port
-from pipeline.tracking import Tracker, begin, epoch_metrics, flatten, metric_key, redact
+from pipeline.platform.services import free_port
+from pipeline.platform.tracking import Tracker, begin, flatten, redact
+from pipeline.training.metrics import epoch_metrics, metric_key
 from tests.conftest import tiny_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +306,7 @@ def test_unreachable_server_fails_before_training(tmp_path):
 
 def test_bad_artifact_store_credentials_fail_before_training(stack, tmp_path):
     """An MLflow server whose S3 keys are wrong: one clear message, exit 2, no training."""
-    from pipeline.stack import MlflowServer
+    from pipeline.platform.services import MlflowServer
 
     env = {**stack.s3().env(), "AWS_SECRET_ACCESS_KEY": "wrong-secret-key"}
     server = MlflowServer(tmp_path / "bad", env, port=free_port()).start()

@@ -26,16 +26,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import storage
-from ..checkpoint import atomic_write_text
-from ..config import REFERENCE_VAL_SIZE, DataConfig
-from .datasets import CLASSES, DATASETS, DataError, ImageSet, load_splits, split_definition
+from pipeline.data import s3 as storage
+from pipeline.data.datasets import DataError, ImageSet, get_dataset, load_splits
+from pipeline.data.settings import DataConfig
+from pipeline.files import atomic_write_text
 
 FORMAT = "oat-beton/1"
 MANIFEST = "manifest.json"
@@ -44,7 +44,7 @@ SPLITS = ("train", "val", "test")
 Log = Callable[[str], None]
 
 
-def _stderr(msg: str) -> None:
+def log_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -214,14 +214,13 @@ def _check_kind(manifest: Manifest, dataset: str, val_size: int, where: str, hin
 
 
 def prepare(cfg: DataConfig, dest: str, *, force: bool = False, workers: int | None = None,
-            log: Log = _stderr) -> tuple[Manifest, str]:
+            log: Log = log_stderr) -> tuple[Manifest, str]:
     """Write ``cfg.dataset``'s reference splits to ``dest`` (a folder or s3://bucket/prefix).
 
     Returns (manifest, "written" | "verified"). Run again without ``force`` it only verifies checksums."""
-    if cfg.dataset not in DATASETS:
-        raise DataError(f"unknown data set {cfg.dataset!r}; allowed: {', '.join(DATASETS)}")
-    val_size = int(cfg.val_size or REFERENCE_VAL_SIZE[cfg.dataset])
-    cfg = replace(cfg, val_size=val_size)
+    spec = get_dataset(cfg.dataset)
+    val_size = int(cfg.val_size or spec.val_size)
+    cfg = cfg.model_copy(update={"val_size": val_size})
     dest = dest if storage.is_s3(dest) else str(Path(dest).expanduser())
     if not force:
         existing = read_manifest(dest)
@@ -232,7 +231,8 @@ def prepare(cfg: DataConfig, dest: str, *, force: bool = False, workers: int | N
             return existing, "verified"
 
     t0 = time.perf_counter()
-    splits = load_splits(replace(cfg, augment=True))  # a missing or damaged raw set fails here, before any write
+    # a missing or damaged raw set fails here, before any write
+    splits = load_splits(cfg.model_copy(update={"augment": True}))
     log(f"preparing {cfg.dataset} (val_size={val_size}) as .beton files in {dest}")
     n_workers = workers or len(os.sched_getaffinity(0))
     files: dict[str, dict[str, Any]] = {}
@@ -253,9 +253,9 @@ def prepare(cfg: DataConfig, dest: str, *, force: bool = False, workers: int | N
             if storage.is_s3(dest):
                 storage.upload(staging / f"{split}.beton", storage.join(dest, f"{split}.beton"))
         c, h, w = splits.image_shape
-        manifest = Manifest(dataset=cfg.dataset, num_classes=splits.num_classes, classes=CLASSES[cfg.dataset],
+        manifest = Manifest(dataset=cfg.dataset, num_classes=splits.num_classes, classes=list(spec.classes),
                             image_shape=[c, h, w], scale=float(splits.train.scale), augment=splits.augment,
-                            val_size=val_size, split_definition=split_definition(cfg.dataset, val_size),
+                            val_size=val_size, split_definition=spec.describe_split(val_size),
                             files=files, writer=writer_versions(),
                             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         if storage.is_s3(dest):
@@ -275,11 +275,11 @@ def _staging_dir(cfg: DataConfig) -> Path:
 
 def _s3_delete(url: str) -> None:
     bucket, key = storage.split_s3(url)
-    storage._call(url, lambda: storage.client().delete_object(Bucket=bucket, Key=key))
+    storage.call(url, lambda: storage.client().delete_object(Bucket=bucket, Key=key))
 
 
 # ------------------------------------------------------------------------------------------ read
-def fetch(source: str, cache: Path, log: Log = _stderr) -> Prepared:
+def fetch(source: str, cache: Path, log: Log = log_stderr) -> Prepared:
     """A verified prepared set on this node: a local folder as is, an S3 set through the node cache."""
     hint = f": prepare it with `oat data prepare --dataset NAME --out {source}`"
     manifest = read_manifest(source)
@@ -315,9 +315,10 @@ def fetch(source: str, cache: Path, log: Log = _stderr) -> Prepared:
     return Prepared(source, folder, manifest)
 
 
-def open_prepared(cfg: DataConfig, log: Log = _stderr) -> Prepared:
+def open_prepared(cfg: DataConfig, log: Log = log_stderr) -> Prepared:
     """The job's prepared set: ``data.beton`` when given, else one prepared on first use into the cache."""
-    val_size = int(cfg.val_size or REFERENCE_VAL_SIZE[cfg.dataset])
+    spec = get_dataset(cfg.dataset)
+    val_size = int(cfg.val_size or spec.val_size)
     cache = cache_root(cfg)
     if cfg.beton:
         prepared = fetch(cfg.beton, cache, log)
@@ -325,7 +326,7 @@ def open_prepared(cfg: DataConfig, log: Log = _stderr) -> Prepared:
                     "; point data.beton at the right set or change data.dataset / data.val_size")
         return prepared
     key = f"{cfg.dataset}-val{val_size}"
-    if cfg.dataset != "digits":  # two raw copies in different folders are not assumed to be the same data
+    if not spec.bundled:  # two raw copies in different folders are not assumed to be the same data
         import hashlib
 
         key += "-" + hashlib.sha256(str(Path(cfg.root).expanduser().resolve()).encode()).hexdigest()[:8]

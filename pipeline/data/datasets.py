@@ -1,4 +1,8 @@
-"""Data sets with the reference splits, held in memory as uint8 NCHW tensors.
+"""Data sets with the reference splits, held in memory as uint8 NCHW tensors, and their registry.
+
+:data:`DATASETS` holds one :class:`DatasetSpec` per data set: its classes, image shape, reference split and
+augmentation, reference backbone and the reader of its files. A new data set is one :func:`register` call
+(``data.dataset``, ``oat data prepare --dataset`` and the config's reference tables all read the registry).
 
 * ``digits``: scikit-learn's bundled real data set (1,797 8×8 grey images, 17 levels), a fixed
   shuffled split: 1,400 train (the last 200 of them held out for validation) / 397 test.
@@ -14,35 +18,17 @@ Files are read in torchvision's on-disk formats, so a folder torchvision downloa
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..config import DataConfig
-
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-STL10_CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
-DIGIT_CLASSES = [str(i) for i in range(10)]
-CLASSES = {"digits": DIGIT_CLASSES, "cifar10": CIFAR10_CLASSES, "svhn": DIGIT_CLASSES, "stl10": STL10_CLASSES}
-DATASETS = ("digits", "cifar10", "svhn", "stl10")
-
-
-def split_definition(name: str, val_size: int) -> str:
-    """The reference split in words (written into every prepared set's manifest)."""
-    return {
-        "digits": f"scikit-learn digits permuted with torch seed 0; train = the first {1400 - val_size}, "
-                  f"val = the next {val_size}, test = the last 397",
-        "cifar10": f"train = data_batch_1..5 without their last {val_size} images; val = those last {val_size}; "
-                   "test = test_batch",
-        "svhn": f"train = train_32x32.mat without its last {val_size} images; val = those last {val_size}; "
-                "test = test_32x32.mat (extra_32x32.mat unused); label 10 is the digit 0",
-        "stl10": f"train = train_X.bin without its last {val_size} images; val = those last {val_size}; "
-                 "test = test_X.bin (unlabeled.bin unused)",
-    }[name]
+if TYPE_CHECKING:  # settings validates data.dataset against this registry, so it imports this module
+    from pipeline.data.settings import DataConfig
 
 
 class DataError(RuntimeError):
@@ -80,14 +66,100 @@ class Splits:
                 "image_shape": list(self.image_shape), "num_classes": self.num_classes}
 
 
-def _split(name: str, train: ImageSet, test: ImageSet, val_size: int, augment: str | None) -> Splits:
+Reader = Callable[["DataConfig"], tuple[ImageSet, ImageSet]]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One data set: everything the pipeline knows about it, in one :data:`DATASETS` entry."""
+
+    name: str  # the value of data.dataset
+    title: str  # how messages name it ("CIFAR-10")
+    description: str  # one line for help texts
+    classes: tuple[str, ...]  # class names, by label
+    image_shape: tuple[int, int, int]  # [C, H, W] of every image
+    val_size: int  # the reference validation split: the last N images of the training file(s)
+    backbone: str  # the reference backbone (model.backbone: null)
+    augment: str | None  # the reference train augmentation ("crop_flip") or None
+    read: Reader  # (train including the validation images, test), from the job's data section
+    describe_split: Callable[[int], str]  # the split in words for a val_size (in every prepared set's manifest)
+    bundled: bool = False  # the images ship with a library: data.root is not read
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec, *, replace: bool = False) -> DatasetSpec:
+    """Add a data set to the registry (``replace``: overwrite an entry of the same name)."""
+    if spec.name in DATASETS and not replace:
+        raise ValueError(f"data set {spec.name!r} is already registered")
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    DATASETS.pop(name, None)
+
+
+def dataset_names() -> tuple[str, ...]:
+    return tuple(DATASETS)
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}") from None
+
+
+class ReferenceTable(Mapping[str, Any]):
+    """A live ``{data set: spec.<field>}`` view of the registry (``REFERENCE_VAL_SIZE`` and friends)."""
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in DATASETS:
+            raise KeyError(name)
+        return getattr(DATASETS[name], self.field)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict(DATASETS))
+
+    def __len__(self) -> int:
+        return len(DATASETS)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _split(spec: DatasetSpec, train: ImageSet, test: ImageSet, val_size: int) -> Splits:
     if not 0 < val_size < len(train):
-        raise DataError(f"data.val_size={val_size} must lie between 1 and {len(train) - 1} for {name}")
+        raise DataError(f"data.val_size={val_size} must lie between 1 and {len(train) - 1} for {spec.name}")
     n = len(train) - val_size
-    return Splits(name, train.subset(0, n), train.subset(n, None), test, 10, augment)
+    return Splits(spec.name, train.subset(0, n), train.subset(n, None), test, spec.num_classes, spec.augment)
 
 
-def load_digits(val_size: int = 200) -> Splits:
+def load_splits(cfg: DataConfig) -> Splits:
+    """The data set's reference splits (``data.val_size`` validation images, else the reference number)."""
+    spec = get_dataset(cfg.dataset)
+    train, test = spec.read(cfg)
+    for part, images in (("train", train), ("test", test)):
+        if tuple(images.x.shape[1:]) != spec.image_shape:
+            raise DataError(f"{spec.title} {part} images are {list(images.x.shape[1:])}, not the registered "
+                            f"{list(spec.image_shape)} (C, H, W)")
+    splits = _split(spec, train, test, int(cfg.val_size or spec.val_size))
+    if not cfg.augment:
+        splits.augment = None
+    return splits
+
+
+# ------------------------------------------------------------------------------------------ readers
+def read_digits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     from sklearn.datasets import load_digits as sk_digits
 
     d = sk_digits()
@@ -95,8 +167,7 @@ def load_digits(val_size: int = 200) -> Splits:
     y = torch.from_numpy(d.target.astype(np.int64))
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[perm], y[perm]
-    return _split("digits", ImageSet(x[:1400], y[:1400], 16.0), ImageSet(x[1400:], y[1400:], 16.0),
-                  val_size, None)
+    return ImageSet(x[:1400], y[:1400], 16.0), ImageSet(x[1400:], y[1400:], 16.0)
 
 
 def _need(path: Path, what: str, cfg: DataConfig) -> None:
@@ -107,17 +178,8 @@ def _need(path: Path, what: str, cfg: DataConfig) -> None:
         )
 
 
-def _download(name: str, root: str) -> None:
-    import torchvision.datasets as tvd
-
-    if name == "cifar10":
-        tvd.CIFAR10(root, train=True, download=True)
-        tvd.CIFAR10(root, train=False, download=True)
-    elif name == "svhn":
-        tvd.SVHN(root, split="train", download=True)
-        tvd.SVHN(root, split="test", download=True)
-    elif name == "stl10":
-        tvd.STL10(root, split="train", download=True)
+def _tensors(x: np.ndarray, y: np.ndarray) -> ImageSet:
+    return ImageSet(torch.from_numpy(x), torch.from_numpy(y), 255.0)
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -133,19 +195,19 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data, labels
 
 
-def load_cifar10(cfg: DataConfig) -> Splits:
+def read_cifar10(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     base = Path(cfg.root) / "cifar-10-batches-py"
     if cfg.download and not base.exists():
-        _download("cifar10", cfg.root)
+        import torchvision.datasets as tvd
+
+        tvd.CIFAR10(cfg.root, train=True, download=True)
+        tvd.CIFAR10(cfg.root, train=False, download=True)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         _need(base / name, "CIFAR-10", cfg)
     parts = [_read_cifar_batch(base / name) for name in names[:-1]]
-    tx, ty = _read_cifar_batch(base / "test_batch")
-    train = ImageSet(torch.from_numpy(np.concatenate([p[0] for p in parts])),
-                     torch.from_numpy(np.concatenate([p[1] for p in parts])), 255.0)
-    return _split("cifar10", train, ImageSet(torch.from_numpy(tx), torch.from_numpy(ty), 255.0),
-                  int(cfg.val_size or 5000), "crop_flip")
+    train = _tensors(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    return train, _tensors(*_read_cifar_batch(base / "test_batch"))
 
 
 def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,16 +223,16 @@ def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def load_svhn(cfg: DataConfig) -> Splits:
+def read_svhn(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     root = Path(cfg.root)
     if cfg.download and not (root / "train_32x32.mat").exists():
-        _download("svhn", cfg.root)
+        import torchvision.datasets as tvd
+
+        tvd.SVHN(cfg.root, split="train", download=True)
+        tvd.SVHN(cfg.root, split="test", download=True)
     for f in ("train_32x32.mat", "test_32x32.mat"):
         _need(root / f, "SVHN", cfg)
-    x, y = _read_svhn(root / "train_32x32.mat")
-    tx, ty = _read_svhn(root / "test_32x32.mat")
-    return _split("svhn", ImageSet(torch.from_numpy(x), torch.from_numpy(y), 255.0),
-                  ImageSet(torch.from_numpy(tx), torch.from_numpy(ty), 255.0), int(cfg.val_size or 5000), None)
+    return _tensors(*_read_svhn(root / "train_32x32.mat")), _tensors(*_read_svhn(root / "test_32x32.mat"))
 
 
 def _read_stl(xpath: Path, ypath: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -184,29 +246,44 @@ def _read_stl(xpath: Path, ypath: Path) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def load_stl10(cfg: DataConfig) -> Splits:
+def read_stl10(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     base = Path(cfg.root) / "stl10_binary"
     if cfg.download and not base.exists():
-        _download("stl10", cfg.root)
+        import torchvision.datasets as tvd
+
+        tvd.STL10(cfg.root, split="train", download=True)
     for f in ("train_X.bin", "train_y.bin", "test_X.bin", "test_y.bin"):
         _need(base / f, "STL-10", cfg)
-    x, y = _read_stl(base / "train_X.bin", base / "train_y.bin")
-    tx, ty = _read_stl(base / "test_X.bin", base / "test_y.bin")
-    return _split("stl10", ImageSet(torch.from_numpy(x), torch.from_numpy(y), 255.0),
-                  ImageSet(torch.from_numpy(tx), torch.from_numpy(ty), 255.0), int(cfg.val_size or 500), "crop_flip")
+    train = _tensors(*_read_stl(base / "train_X.bin", base / "train_y.bin"))
+    return train, _tensors(*_read_stl(base / "test_X.bin", base / "test_y.bin"))
 
 
-def load_splits(cfg: DataConfig) -> Splits:
-    if cfg.dataset == "digits":
-        splits = load_digits(int(cfg.val_size or 200))
-    elif cfg.dataset == "cifar10":
-        splits = load_cifar10(cfg)
-    elif cfg.dataset == "svhn":
-        splits = load_svhn(cfg)
-    elif cfg.dataset == "stl10":
-        splits = load_stl10(cfg)
-    else:  # the config schema already rejects this; kept for direct callers
-        raise DataError(f"unknown data set {cfg.dataset!r}; allowed: {', '.join(DATASETS)}")
-    if not cfg.augment:
-        splits.augment = None
-    return splits
+# ----------------------------------------------------------------------------------------- registry
+DIGIT_CLASSES = tuple(str(i) for i in range(10))
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck")
+
+register(DatasetSpec(
+    name="digits", title="digits", classes=DIGIT_CLASSES, image_shape=(1, 8, 8), val_size=200,
+    backbone="small_cnn", augment=None, read=read_digits, bundled=True,
+    description="scikit-learn's bundled 8×8 grey digits (17 levels): a small real data set for quick runs",
+    describe_split=lambda val: (f"scikit-learn digits permuted with torch seed 0; train = the first {1400 - val}, "
+                                f"val = the next {val}, test = the last 397")))
+register(DatasetSpec(
+    name="cifar10", title="CIFAR-10", classes=CIFAR10_CLASSES, image_shape=(3, 32, 32), val_size=5000,
+    backbone="resnet34", augment="crop_flip", read=read_cifar10,
+    description="CIFAR-10, the python version (cifar-10-batches-py under data.root)",
+    describe_split=lambda val: (f"train = data_batch_1..5 without their last {val} images; val = those last "
+                                f"{val}; test = test_batch")))
+register(DatasetSpec(
+    name="svhn", title="SVHN", classes=DIGIT_CLASSES, image_shape=(3, 32, 32), val_size=5000,
+    backbone="wrn16_8", augment=None, read=read_svhn,
+    description="SVHN cropped digits (train_32x32.mat and test_32x32.mat under data.root)",
+    describe_split=lambda val: (f"train = train_32x32.mat without its last {val} images; val = those last {val}; "
+                                "test = test_32x32.mat (extra_32x32.mat unused); label 10 is the digit 0")))
+register(DatasetSpec(
+    name="stl10", title="STL-10", classes=STL10_CLASSES, image_shape=(3, 96, 96), val_size=500,
+    backbone="wrn40_2", augment="crop_flip", read=read_stl10,
+    description="STL-10 at 96×96, the labeled splits (stl10_binary under data.root)",
+    describe_split=lambda val: (f"train = train_X.bin without its last {val} images; val = those last {val}; "
+                                "test = test_X.bin (unlabeled.bin unused)")))

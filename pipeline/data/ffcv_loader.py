@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .datasets import DataError
+from pipeline.data.datasets import DataError
 
 _LOADERS: dict[tuple[Any, ...], Any] = {}
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .datasets import ImageSet
+from pipeline.data.datasets import ImageSet
 
 
 def crop_flip(x: Tensor, pad: int, gen: torch.Generator | None) -> Tensor:

@@ -14,11 +14,11 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import DataConfig
-from .beton import Log, Prepared, _stderr, open_prepared
-from .datasets import Splits, load_splits
-from .ffcv_loader import BetonLoader
-from .loader import TensorLoader
+from pipeline.data.beton import Log, Prepared, log_stderr, open_prepared
+from pipeline.data.datasets import Splits, load_splits
+from pipeline.data.ffcv_loader import BetonLoader
+from pipeline.data.loader import TensorLoader
+from pipeline.data.settings import DataConfig
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -96,7 +96,7 @@ class BetonSource(DataSource):
                            shard=(0, 1) if train else (rank, world_size))
 
 
-def open_data(cfg: DataConfig, *, threads: int | None = None, log: Log = _stderr) -> DataSource:
+def open_data(cfg: DataConfig, *, threads: int | None = None, log: Log = log_stderr) -> DataSource:
     workers = default_workers(cfg, threads)
     if cfg.loader == "memory":
         splits = load_splits(cfg)

@@ -1,0 +1,250 @@
+"""``oat run``: the job's training loop (:func:`pipeline.training.loop.fit`) inside a Ray Train ``TorchTrainer``.
+
+* ``ScalingConfig`` from the job's ``ray`` section; DDP through Ray's process group (gloo on CPU, NCCL on
+  GPU); each worker reads its shard of the .beton files (FFCV ``distributed=True``).
+* Rank 0 writes the run folder as ``oat train`` does and, after every epoch, reports it (latest.pt,
+  history.json, config.yaml, best/; at the end also final.pt, eval.json, tradeoff.png) as the epoch's Ray
+  checkpoint into ``RunConfig(storage_path, name)``; only rank 0's metrics are kept.
+* With ``tracking.enabled`` the driver begins the MLflow run (one clear error before Ray starts anything) and
+  rank 0 reports to it; the tracking outbox travels in the checkpoints, so a restart delivers what was left.
+* A restarted worker group (``FailureConfig(max_failures)``) and a resubmitted job with the same
+  (storage path, name) both start from the last reported checkpoint: every worker copies it into its run
+  folder and ``fit`` resumes from its ``latest.pt``.
+* With ``RAY_ADDRESS`` set (as ``ray job submit`` does) it joins that cluster; otherwise it starts a local
+  Ray, the embedded default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import JobConfig, job_from_dict
+from pipeline.data import s3 as storage
+from pipeline.platform import tracking
+from pipeline.platform.tracking import RunInfo
+from pipeline.training.callbacks import Callback, RunContext, TrainResult
+from pipeline.training.metrics import epoch_metrics
+
+RUN_FILES = ("latest.pt", "history.json", "config.yaml", "workers.json")
+FINAL_FILES = ("final.pt", "eval.json", "tradeoff.png")
+
+
+@dataclass
+class RunResult:
+    name: str
+    storage: str  # where Ray keeps the run (folder or s3://…)
+    checkpoint: str | None  # the last checkpoint's location
+    out: Path | None  # the local copy of the final run folder
+    metrics: dict[str, Any]
+    seconds: float
+    tracking: RunInfo | None = None  # the run's MLflow run (tracking on)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the files are replaced, never rewritten in place: a hard link is a snapshot
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def snapshot(out: Path, final: bool, dest: Path) -> None:
+    """The run folder's files that make up a checkpoint, linked into ``dest`` (the tracking outbox, which is
+    appended to in place, is copied)."""
+    for name in RUN_FILES + (FINAL_FILES if final else ()):
+        if (out / name).is_file():
+            _link_or_copy(out / name, dest / name)
+    for folder in ("best", "tracking"):
+        if not (out / folder).is_dir():
+            continue
+        for f in (out / folder).rglob("*"):
+            if f.is_file() and not f.name.startswith("."):
+                target = dest / f.relative_to(out)
+                if folder == "tracking" and f.parent == out / folder:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, target)
+                else:
+                    _link_or_copy(f, target)
+
+
+def _quiet_reports() -> None:
+    """Ray Train logs every report (all metrics) at INFO under a logger named after its file; our progress
+    lines already say what happened."""
+    try:
+        from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import storage as ray_storage
+
+        logging.getLogger(context.__file__).setLevel(logging.WARNING)
+        logging.getLogger(ray_storage.__name__).setLevel(logging.WARNING)  # "Checkpoint successfully created at…"
+    except ImportError:  # a Ray without this module: keep its logging as is
+        pass
+
+
+class RayReport(Callback):
+    """The loop's Ray Train report, on every rank: each epoch's metrics, and from rank 0 the run folder's files
+    as the checkpoint Ray keeps (the last one with ``final.pt`` and the test curve). It runs after the MLflow
+    callback, so that Ray's final checkpoint holds the delivered outbox."""
+
+    def _report(self, run: RunContext, record: dict[str, Any], final: bool) -> None:
+        import ray.train
+
+        metrics: dict[str, Any] = {"epoch": int(record.get("epoch", 0)), **epoch_metrics(record)}
+        if not run.is_main:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="oat-ckpt-") as tmp:
+            snapshot(run.out, final, Path(tmp))
+            name = "final" if final else f"epoch_{int(record.get('epoch', 0)):04d}"
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=name)
+
+    def on_epoch_end(self, run: RunContext, record: dict[str, Any], last: bool) -> None:
+        if not last:
+            self._report(run, record, False)
+
+    def on_end(self, run: RunContext, result: TrainResult) -> None:
+        self._report(run, result.history[-1] if result.history else {}, True)
+
+
+def _worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: restore the last checkpoint, then the same loop as ``oat train``."""
+    import ray.train
+    import ray.train.torch
+    import ray.util
+    import torch
+
+    from pipeline.training.ddp import Dist
+    from pipeline.training.loop import fit
+
+    _quiet_reports()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    job = job_from_dict(config["job"])
+    if job.train.threads is None:  # Ray sets OMP_NUM_THREADS to the worker's CPUs; FFCV follows torch
+        job.train.threads = max(1, torch.get_num_threads())
+    out = Path(tempfile.mkdtemp(prefix=f"oat-{job.name}-rank{rank}-"))
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, out, dirs_exist_ok=True)
+        if rank == 0:
+            print(f"[{config.get('label', job.name)}] restoring the run from checkpoint {ckpt.path}", flush=True)
+
+    device = ray.train.torch.get_device() if job.ray.use_gpu else torch.device("cpu")
+    where = {"rank": rank, "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "device": str(device),
+             "threads": torch.get_num_threads()}
+    placed: list[Any] = [None] * world
+    torch.distributed.all_gather_object(placed, where)
+    if rank == 0:
+        (out / "workers.json").write_text(json.dumps(placed, indent=1) + "\n")
+    info = RunInfo.from_dict(config["tracking"]) if config.get("tracking") else None
+    callbacks = [*tracking.tracking_callbacks(job, out, info=info, rank=rank), RayReport()]
+    try:
+        fit(job, out, callbacks, dist=Dist(rank, world, device), progress=rank == 0, label=config.get("label", ""),
+            init=tracking.fetch_init(job, out))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def storage_location(path: str | None) -> tuple[str | None, Any]:
+    """RunConfig's (storage_path, storage_filesystem): a folder, or s3://bucket/prefix on the environment's
+    endpoint (pyarrow's S3 filesystem with the environment's keys)."""
+    if path is None:
+        return None, None
+    if not storage.is_s3(path):
+        return str(Path(path).expanduser().resolve()), None
+    import pyarrow.fs
+
+    bucket, key = storage.split_s3(path)
+    ep = storage.endpoint()
+    kw: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    if ep:
+        scheme, _, host = ep.partition("://")
+        kw.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kw.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY", ""))
+    storage.exists(storage.join(path, ".probe"))  # fail now, clearly, if the endpoint or bucket is wrong
+    return f"{bucket}/{key}".rstrip("/"), pyarrow.fs.S3FileSystem(**kw)
+
+
+def ray_init(address: str | None = None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    if addr:
+        ray.init(address=addr, logging_level=logging.WARNING)
+    else:  # the embedded default: a local Ray on this machine
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+
+
+def begin_tracking(job: JobConfig, run_name: str, where: str, *, source: str = "oat run",
+                   tags: dict[str, str] | None = None) -> RunInfo | None:
+    """The MLflow run of a Ray run, begun by its driver before Ray starts anything (None: tracking off)."""
+    if not job.tracking.enabled:
+        return None
+    job.tracking.uri = tracking.resolve_uri(job.tracking.uri)
+    info = tracking.begin(job, where=f"ray:{where}/{run_name}", run_name=run_name, source=source, tags=tags)
+    print(f"[tracking] MLflow run '{run_name}' ({'continues' if info.resumed else 'new'}, id "
+          f"{info.run_id[:12]}) at {tracking.redact(info.uri)}", flush=True)
+    return info
+
+
+def fit_trainer(job: JobConfig, run_name: str, spath: str | None, fs: Any, info: RunInfo | None, label: str,
+                callbacks: list[Any] | None = None) -> Any:
+    """Build and fit the job's ``TorchTrainer``; returns Ray's ``Result`` (raises the run's error)."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    r = job.ray
+    resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
+    if r.use_gpu:
+        resources["GPU"] = float(r.gpus_per_worker)
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"job": job.to_dict(), "label": label or job.name,
+                           "tracking": info.to_dict() if info else None},
+        scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                               resources_per_worker=resources,
+                                               placement_strategy=r.placement_strategy),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=spath, storage_filesystem=fs, callbacks=callbacks,
+            failure_config=ray.train.FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=r.checkpoints_to_keep)),
+        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None = None,
+            address: str | None = None, out: str | Path | None = None, label: str = "",
+            source: str = "oat run", tags: dict[str, str] | None = None) -> RunResult:
+    """Run ``job`` on Ray; returns where its checkpoints are and, with ``out``, a local copy of the run."""
+    t0 = time.perf_counter()
+    r = job.ray
+    run_name = name or r.name or job.name
+    where = storage_path or r.storage_path or "~/ray_results"
+    spath, fs = storage_location(storage_path or r.storage_path)
+    # before Ray starts anything: a bad URI or store fails here
+    info = begin_tracking(job, run_name, where, source=source, tags=tags)
+    ray_init(address)
+    result = fit_trainer(job, run_name, spath, fs, info, label)
+    ckpt = result.checkpoint
+    local: Path | None = None
+    if ckpt is not None and out is not None:
+        local = Path(out).resolve()
+        with ckpt.as_directory() as d:
+            shutil.copytree(d, local, dirs_exist_ok=True)
+    return RunResult(run_name, f"{where.rstrip('/')}/{run_name}", ckpt.path if ckpt is not None else None, local,
+                     dict(result.metrics or {}), time.perf_counter() - t0, info)
