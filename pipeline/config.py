@@ -53,7 +53,7 @@ REFERENCE_WIDTHS = [0.5, 0.75, 1.0]
 # each data set's registry entry names it.
 REFERENCE_BACKBONE: Mapping[str, str] = ReferenceTable("backbone")
 
-Backbone = Literal["small_cnn", "resnet18", "resnet34", "wrn16_8", "wrn40_2", "resnet", "wrn"]
+Backbone = Literal["small_cnn", "lenet", "resnet18", "resnet34", "wrn16_8", "wrn40_2", "resnet", "wrn"]
 Encoding = Literal["rand", "onehot", "dct", "none"]
 MethodName = Annotated[str, OneOf(lambda: METHODS)]
 AttackName = Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]
@@ -110,21 +110,30 @@ class AttackConfig(Section):
     norm: Literal["linf", "l2"] = Field(default="linf", description="the threat model")
     eps: Number = Field(default=8 / 255, description="the attack radius ε (a number or a fraction such as 8/255)")
     steps: Integer = Field(default=7, description="PGD steps")
-    step_size: Number | None = _help("null: min(1.25ε, ε + 4/255)/steps (L∞), 2.5ε/steps (L2)")
+    step_size: Number | None = _help("null: by step_rule")
+    step_rule: Literal["official", "madry"] = Field(
+        default="official", description="the step size when step_size is null, and for PGD at other step counts "
+        "(validation, test): official = min(1.25ε, ε + 4/255)/steps (L∞), 2.5ε/steps (L2); madry = 2.5ε/steps")
     random_start: Flag = Field(default=True, description="start from a uniform random point in the ε-ball")
+    warmup_epochs: Integer = Field(
+        default=0, description="training only: ε grows linearly over the first epochs (epoch e attacks with "
+        "ε·min(1, (e+1)/warmup_epochs)); 0: the full ε from the start, as the reference. Large ε (0.3 on MNIST) "
+        "without a warm-up collapses training to one class")
 
 
 class OptimConfig(Section):
-    """SGD and its learning-rate schedule."""
+    """The optimiser (SGD as the reference, or Adam for small data) and its learning-rate schedule."""
 
     section: ClassVar[str] = "optim"
 
-    lr: Number = Field(default=0.1, description="the initial learning rate")
-    momentum: Number = Field(default=0.9, description="SGD momentum")
+    name: Literal["sgd", "adam"] = Field(default="sgd", description="the optimiser")
+    lr: Number = Field(default=0.1, description="the initial learning rate (onecycle: the peak)")
+    momentum: Number = Field(default=0.9, description="SGD momentum (Adam: unused)")
     weight_decay: Number = Field(default=5e-4, description="L2 weight decay")
     nesterov: Flag = Field(default=False, description="Nesterov momentum")
-    schedule: Literal["cosine", "multistep", "constant"] = Field(
-        default="cosine", description="the learning-rate schedule")
+    schedule: Literal["cosine", "multistep", "constant", "onecycle"] = Field(
+        default="cosine", description="the learning-rate schedule: cosine to 0 (per epoch, the reference), "
+        "multistep, constant, or onecycle (per step: up to lr in the first 30%, then down)")
     milestones: list[Integer] = Field(
         default=[50, 150], description="multistep: the epochs where the rate drops by 10×")
 
@@ -315,7 +324,8 @@ def _fill_defaults(job: JobConfig) -> None:
     if job.method.zero_fraction is None:
         job.method.zero_fraction = 1.0 / len(job.method.lambda_choices)
     if job.attack.step_size is None:
-        job.attack.step_size = default_step_size(job.attack.norm, job.attack.eps, job.attack.steps)
+        job.attack.step_size = default_step_size(job.attack.norm, job.attack.eps, job.attack.steps,
+                                                 job.attack.step_rule)
     if job.eval.lambdas is None:
         job.eval.lambdas = list(job.lambdas)
     if job.eval.widths is None:
@@ -397,6 +407,8 @@ def _check_counts(job: JobConfig) -> None:
         _fail("train.accumulate", f"{job.train.accumulate} does not divide train.batch_size={job.train.batch_size}")
     if job.attack.eps < 0:
         _fail("attack.eps", f"{job.attack.eps} must be >= 0")
+    if job.attack.warmup_epochs < 0:
+        _fail("attack.warmup_epochs", f"{job.attack.warmup_epochs} must be >= 0")
     if job.optim.lr <= 0:
         _fail("optim.lr", f"{job.optim.lr} must be > 0")
     if job.ray.max_failures < -1:

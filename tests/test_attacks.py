@@ -101,3 +101,21 @@ def test_attack_accepts_plain_modules():
     x, y = torch.rand(4, 1, 8, 8), torch.randint(0, 10, (4,))
     adv = PGD.from_config(AttackConfig(eps=0.1))(f, x, y)
     _bounded(x, adv, 0.1, "linf")
+
+
+def test_step_rules_and_rederivation():
+    from pipeline.config import job_from_dict
+    from pipeline.science.attacks import default_step_size
+
+    assert default_step_size("linf", 0.3, 10) == pytest.approx(min(1.25 * 0.3, 0.3 + 4 / 255) / 10)
+    assert default_step_size("linf", 0.3, 10, "madry") == pytest.approx(0.075)
+    assert default_step_size("l2", 0.5, 10) == default_step_size("l2", 0.5, 10, "madry") == pytest.approx(0.125)
+    with pytest.raises(ValueError, match="step rule"):
+        default_step_size("linf", 0.3, 10, "fast")
+    job = job_from_dict({"attack": {"eps": 0.3, "steps": 10, "step_rule": "madry"}})
+    assert PGD.from_config(job.attack).step_size == pytest.approx(0.075)
+    assert PGD.from_config(job.attack, 20).step_size == pytest.approx(2.5 * 0.3 / 20)  # test-time PGD-20, same rule
+    warm = PGD.from_config(job.attack, eps=0.1)  # an ε warm-up re-derives the step for the smaller ε
+    assert (warm.eps, warm.step_size) == (pytest.approx(0.1), pytest.approx(0.025))
+    official = job_from_dict({"attack": {"eps": 0.3, "steps": 10}})
+    assert PGD.from_config(official.attack, 20).step_size == pytest.approx(min(1.25 * 0.3, 0.3 + 4 / 255) / 20)

@@ -206,8 +206,9 @@ def test_cli_prepare_twice_and_unknown_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["data", "prepare", "--dataset", "imagenet", "--out", str(out)])
     assert exc.value.code == 2
-    assert "invalid choice: 'imagenet' (choose from digits, cifar10, svhn, stl10)" in capsys.readouterr().err.replace(
-        "'digits', 'cifar10', 'svhn', 'stl10'", "digits, cifar10, svhn, stl10")
+    names = "digits, mnist5k, cifar10, svhn, stl10"
+    assert f"invalid choice: 'imagenet' (choose from {names})" in capsys.readouterr().err.replace(
+        "'digits', 'mnist5k', 'cifar10', 'svhn', 'stl10'", names)
     rc = main(["data", "prepare", "--dataset", "cifar10", "--root", str(tmp_path / "none"), "--out", str(out / "c")])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "CIFAR-10 not found" in err and not (out / "c").exists()

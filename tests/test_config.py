@@ -171,8 +171,8 @@ def test_help_config_lists_every_field_without_a_job(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "  train.batch_size: integer = 128\n      the global batch" in out
-    assert "  optim.schedule: one of cosine, multistep, constant = cosine" in out
-    assert "  data.dataset: one of digits, cifar10, svhn, stl10 = cifar10" in out
+    assert "  optim.schedule: one of cosine, multistep, constant, onecycle = cosine" in out
+    assert "  data.dataset: one of digits, mnist5k, cifar10, svhn, stl10 = cifar10" in out
     assert "  attack.eps: number or fraction (e.g. 8/255) = 0.0313" in out
     for section, info in JobConfig.model_fields.items():
         fields = getattr(info.annotation, "model_fields", None)

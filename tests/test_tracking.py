@@ -102,6 +102,29 @@ def test_outbox_survives_a_crash_and_redelivery_logs_nothing_twice(tmp_path):
     assert c.get_run(info.run_id).data.params["data.dataset"] == "digits"
 
 
+def test_a_flagged_run_is_tagged_and_never_registered(tmp_path):
+    """A run with a collapsed point (eval.json's flags) gets the tag quality=FLAGGED… and no model version."""
+    from pipeline.platform.tracking import finish_tracking
+    from pipeline.science.curves import Point, write_points
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = tiny_job(tracking={"enabled": True, "uri": uri, "experiment": "flags", "register": True,
+                             "flush_timeout_s": 60})
+    out = tmp_path / "run"
+    info = begin(job, where=str(out))
+    out.mkdir()
+    (out / "final.pt").write_bytes(b"weights")  # never read: a flagged run registers nothing
+    pts = [Point(lam=1.0, width=1.0, clean_acc=0.1, robust_acc=0.1, attack="pgd", steps=3, eps=0.2, n=50,
+                 method="oat")]
+    write_points(pts, out / "eval.json", {"flags": [{"lambda": 1.0, "width": 1.0, "reasons": ["collapsed: x"]}]})
+    finish_tracking(Tracker(info, out / "tracking"), job, out, pts, 3)
+    c = client(uri)
+    assert c.get_run(info.run_id).data.tags["quality"] == "FLAGGED: FLAGGED λ=1: collapsed: x"
+    assert c.search_model_versions(f"name = '{job.tracking.model_name}'") == []
+    events = [json.loads(line)["t"] for line in (out / "tracking" / "outbox.jsonl").read_text().splitlines()]
+    assert "tags" in events and "register" not in events
+
+
 # ------------------------------------------------------------------------------------------ the real stack
 @pytest.fixture(scope="module")
 def tracked(stack, mlflow_uri, tmp_path_factory):

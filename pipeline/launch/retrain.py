@@ -30,7 +30,7 @@ from typing import Any
 
 from pipeline.config import JobConfig, derive_job
 from pipeline.files import atomic_write_text
-from pipeline.science.curves import Point, by_attack, headline_attack, read_points
+from pipeline.science.curves import Point, by_attack, flag_lines, headline_attack, read_flags, read_points
 from pipeline.science.methods import get_method
 
 
@@ -159,6 +159,7 @@ def retrain(job: JobConfig, *, force: bool = False, progress: bool = True) -> De
     if champ is not None:
         failures, attack = gate(new_pts, _champion_points(uri, champ, out), job.retrain.max_sa_drop,
                                 job.retrain.max_ra_drop)
+    failures += flag_lines(read_flags(out / "eval.json"))  # a collapsed or masked point is never a champion
     action = "challenger" if failures else "promoted"
     why = (f"{reason}; " + ("gate failed: " + "; ".join(failures) if failures else
                             ("gate passed against v" + before if before else "first champion"))

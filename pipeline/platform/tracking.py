@@ -41,6 +41,7 @@ from typing import Any
 
 from pipeline.config import JobConfig
 from pipeline.files import atomic_write_text
+from pipeline.science.curves import flag_lines, read_flags
 from pipeline.training.callbacks import Callback, RunContext, TrainResult
 from pipeline.training.metrics import epoch_metrics, points_metrics
 
@@ -346,6 +347,9 @@ class Tracker:
         self.log_metrics(points_metrics(pts, split), step)
         self._put({"t": "points", "points": pts, "split": split, "ts": int(time.time() * 1000)})
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self._put({"t": "tags", "tags": {k: str(v)[:5000] for k, v in tags.items()}})
+
     def register(self, checkpoint: str | Path, name: str, alias: str | None,
                  points: Iterable[Mapping[str, Any]] = ()) -> None:
         """Register the checkpoint; the version's tags quote the test curve of ``points`` (AutoAttack's where
@@ -427,6 +431,10 @@ class Tracker:
                 c.log_artifact(run_id, str(path), e["dir"])
         elif kind == "points":
             self._child_runs(e["points"], e["split"], e["ts"])
+        elif kind == "tags":
+            from mlflow.entities import RunTag
+
+            c.log_batch(run_id, tags=[RunTag(k, v) for k, v in e["tags"].items()])
         elif kind == "register":
             path = self.folder / e["file"]
             if path.is_file():
@@ -570,9 +578,16 @@ def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[An
             tracker.log_artifact(out / name, where)
     if points:
         tracker.log_points([p.to_dict() for p in points], "test", step)
+    flags = read_flags(out / "eval.json") if (out / "eval.json").is_file() else []
+    if points:
+        tracker.set_tags({"quality": "FLAGGED: " + " | ".join(flag_lines(flags)) if flags else "passed"})
     t = job.tracking
     if t.register and (out / "final.pt").is_file():
-        tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias, [p.to_dict() for p in points])
+        if flags:
+            print(f"[tracking] not registered as '{t.model_name or job.name}': {len(flags)} trained point(s) "
+                  "flagged (collapsed or masked gradients; tag 'quality')", file=sys.stderr, flush=True)
+        else:
+            tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias, [p.to_dict() for p in points])
     t0 = time.monotonic()
     left = tracker.close("FINISHED", timeout=t.flush_timeout_s)
     if left:

@@ -161,12 +161,38 @@ class SmallCNN(nn.Module):
         return self.linear(out, wi)
 
 
+class LeNet(nn.Module):
+    """conv5-BN-FiLM-ReLU-pool ×2, then fc-ReLU and a linear classifier (Madry et al.'s MNIST layout, narrower).
+
+    Pooling after each conv keeps it cheap at 28×28, and the flattened features keep the spatial layout that a
+    global average pool throws away: under strong attacks at ε = 0.3 the global-pool :class:`SmallCNN` learns
+    slowly and masks gradients, this one does not (``benchmarks/results/science.md``)."""
+
+    def __init__(self, f: _Factory, channels: list[int], in_channels: int, num_classes: int, input_size: list[int]):
+        super().__init__()
+        c1, c2, hidden = channels
+        cells = (input_size[0] // 4) * (input_size[1] // 4)
+        self.conv1 = f.conv([in_channels] * len(f.widths), c1, 5, 1, 2)
+        self.bn1 = f.norm(c1)
+        self.conv2 = f.conv(c1, c2, 5, 1, 2)
+        self.bn2 = f.norm(c2)
+        self.fc = SlimLinear([c * cells for c in f.ch(c2)], hidden)
+        self.linear = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor, cond: Cond) -> Tensor:
+        wi = cond.width_idx
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(x, wi), cond)), 2)
+        out = F.max_pool2d(F.relu(self.bn2(self.conv2(out, wi), cond)), 2)
+        return self.linear(F.relu(self.fc(out.flatten(1), wi)))
+
+
 PRESETS: dict[str, dict] = {
     "resnet18": {"kind": "resnet", "blocks": [2, 2, 2, 2], "channels": [64, 128, 256, 512]},
     "resnet34": {"kind": "resnet", "blocks": [3, 4, 6, 3], "channels": [64, 128, 256, 512]},
     "wrn16_8": {"kind": "wrn", "depth": 16, "widen": 8},
     "wrn40_2": {"kind": "wrn", "depth": 40, "widen": 2},
     "small_cnn": {"kind": "small_cnn", "channels": [32, 64, 128]},
+    "lenet": {"kind": "lenet", "channels": [16, 32, 128]},
     "resnet": {"kind": "resnet", "channels": [64, 128, 256, 512]},
     "wrn": {"kind": "wrn", "widen": 1},
 }
@@ -185,4 +211,6 @@ def build_backbone(spec: dict, film_dim: int | None) -> nn.Module:
         return ResNet(f, preset["blocks"], preset["channels"], cin, ncls)
     if kind == "wrn":
         return WideResNet(f, preset["depth"], preset["widen"], float(spec.get("dropout") or 0.0), cin, ncls)
+    if kind == "lenet":
+        return LeNet(f, preset["channels"], cin, ncls, list(spec["input_size"]))
     return SmallCNN(f, preset["channels"], cin, ncls)

@@ -162,6 +162,49 @@ def read_points(path: str | Path) -> list[Point]:
     return [Point.from_dict(d) for d in json.loads(Path(path).read_text())["points"]]
 
 
+# A trained point that fails one of these is a failed run, not a result (it is flagged and never a champion).
+COLLAPSED_SA = 0.20  # clean accuracy at or below this
+COLLAPSED_SHARE = 0.50  # or one class predicted for more than this share of the test images
+MASKED_GAP = 0.15  # a strong attack (AutoAttack or a component) this far under PGD: gradients are masked
+
+
+def check_points(points: Sequence[Point], top_share: dict[tuple[float, float], float]) -> list[dict[str, Any]]:
+    """The trained points that collapsed or mask gradients: ``[{"lambda", "width", "reasons": [...]}]``.
+
+    ``top_share``: per (λ, width), the largest share of the test images predicted as one class."""
+    by_key: dict[tuple[float, float], list[Point]] = {}
+    for p in points:
+        by_key.setdefault((p.lam, p.width), []).append(p)
+    flags = []
+    for key, pts in sorted(by_key.items()):
+        reasons = []
+        sa = pts[0].clean_acc
+        if sa <= COLLAPSED_SA:
+            reasons.append(f"collapsed: clean accuracy {100 * sa:.1f}% <= {100 * COLLAPSED_SA:.0f}%")
+        share = top_share.get(key)
+        if share is not None and share > COLLAPSED_SHARE:
+            reasons.append(f"collapsed: one class for {100 * share:.1f}% of the test images")
+        pgd = [p for p in pts if p.attack == "pgd"]
+        for q in (p for p in pts if p.attack != "pgd"):
+            if pgd and pgd[0].robust_acc - q.robust_acc > MASKED_GAP:
+                reasons.append(f"masked: {attack_label(q)} {100 * q.robust_acc:.1f}% is "
+                               f"{100 * (pgd[0].robust_acc - q.robust_acc):.1f} points under "
+                               f"{attack_label(pgd[0])} {100 * pgd[0].robust_acc:.1f}%")
+        if reasons:
+            flags.append({"lambda": key[0], "width": key[1], "reasons": reasons})
+    return flags
+
+
+def read_flags(path: str | Path) -> list[dict[str, Any]]:
+    """The flagged points of an ``eval.json`` (empty when none, or for a file written before flags existed)."""
+    return list(json.loads(Path(path).read_text()).get("flags", []))
+
+
+def flag_lines(flags: Sequence[dict[str, Any]]) -> list[str]:
+    return [f"FLAGGED λ={f['lambda']:g}" + ("" if f["width"] == 1.0 else f" width {f['width']:g}") + ": "
+            + "; ".join(f["reasons"]) for f in flags]
+
+
 def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: str = "") -> Path:
     """Two panels against λ (SA and RA), plus RA against SA: one line per series (and per width)."""
     import matplotlib

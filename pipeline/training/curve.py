@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,7 +20,9 @@ from pipeline.science.attacks import PGD
 from pipeline.science.curves import (
     Point,
     by_attack,
+    check_points,
     evaluate_model,
+    flag_lines,
     headline_attack,
     plot_tradeoff,
     points_table,
@@ -68,14 +71,36 @@ def test_model(model: RobustNet, job: JobConfig, data: DataSource, device: torch
     extra = [a for a in job.eval.test_attacks if a != "pgd"]
     if extra:
         pts += test_attacks(model, job, data, device, extra, lambdas, dist, progress)
+    shares = top_class_shares(model, loader, lambdas, job.eval.widths or [1.0], dist)
     if not dist.is_main:
         return pts
+    flags = check_points(pts, shares)
     write_points(pts, out / "eval.json", {"split": "test", "dataset": data.name, "attack_settings":
-                                          attack.describe(), "job": job.name})
+                                          attack.describe(), "job": job.name, "flags": flags})
     head = headline_attack(pts)
     plot_tradeoff({get_method(job.method.name).label: by_attack(pts, head)}, out / "tradeoff.png",
                   title=f"{job.name} on {data.name} (test)")
     if progress is not None:
         progress.message(points_table(pts, f"test split, {pts[0].n if pts else 0} images"))
+        for line in flag_lines(flags):
+            progress.message(line + " — a failed point, not a result (it is never registered as champion)")
     return pts
+
+
+@torch.no_grad()
+def top_class_shares(model: RobustNet, loader: Any, lambdas: Sequence[float], widths: Sequence[float],
+                     dist: Dist) -> dict[tuple[float, float], float]:
+    """Per (λ, width): the largest share of the test images that the model predicts as one class."""
+    model.eval()
+    k = int(model.spec.num_classes)
+    keys = [(float(lam), float(w)) for w in widths for lam in lambdas]
+    counts: torch.Tensor | None = None
+    for x, _ in loader:
+        preds = [model(x, model.condition(lam, w)).argmax(1) for lam, w in keys]
+        batch = torch.stack([torch.bincount(p, minlength=k) for p in preds])
+        counts = batch if counts is None else counts + batch
+    if counts is None:
+        return {}
+    counts = all_reduce_sum(counts, dist)
+    return {key: float(c.max()) / max(float(c.sum()), 1.0) for key, c in zip(keys, counts)}
 

@@ -48,7 +48,14 @@ from pipeline.training.checkpoint import init_path, model_checkpoint, restore, t
 from pipeline.training.curve import test_model
 from pipeline.training.ddp import Dist, TrainStep, all_reduce_sum
 from pipeline.training.progress import Progress, fmt_duration
-from pipeline.training.setup import autocast_for, build_optimizer, prepare, resolve_device
+from pipeline.training.setup import (
+    autocast_for,
+    build_optimizer,
+    epoch_eps,
+    per_step_schedule,
+    prepare,
+    resolve_device,
+)
 
 Draws = Callable[[torch.Generator], list[torch.Tensor | None]]
 Amp = Callable[[], contextlib.AbstractContextManager]
@@ -106,6 +113,7 @@ class _Run:
     model: RobustNet
     opt: torch.optim.Optimizer
     sched: Any
+    step: TrainStep  # the method's step (``stepper`` is it, or its DDP wrapper)
     stepper: nn.Module
     draws: Draws
     train_loader: Loader
@@ -129,8 +137,6 @@ def _build(job: JobConfig, out: Path, dist: Dist, *, resume: bool, progress: boo
     if dist.is_main:
         atomic_write_text(job.to_yaml(), out / "config.yaml")
     data, model = prepare(job, device)
-    opt, sched = build_optimizer(job, model)
-    state = restore(out, model, job, opt, sched, device, resume=resume, init=init)
     if job.train.batch_size > data.counts["train"]:
         raise ValueError(f"train.batch_size={job.train.batch_size} is larger than the training split "
                          f"({data.counts['train']} images)")
@@ -139,21 +145,24 @@ def _build(job: JobConfig, out: Path, dist: Dist, *, resume: bool, progress: boo
                                world_size=dist.world, channels_last=tcfg.channels_last)
     val_loader = data.loader("val", job.eval.batch_size, device=device, limit=job.eval.max_images,
                              rank=dist.rank, world_size=dist.world, channels_last=tcfg.channels_last)
+    steps = min(len(train_loader), tcfg.max_steps_per_epoch or len(train_loader))
+    opt, sched = build_optimizer(job, model, steps)
+    state = restore(out, model, job, opt, sched, device, resume=resume, init=init)
     method = get_method(job.method.name)
-    stepper: nn.Module = TrainStep(model, method, StepParams(float(job.method.Lambda), list(job.model.widths or [1.0])),
-                                   PGD.from_config(job.attack))
+    step = TrainStep(model, method, StepParams(float(job.method.Lambda), list(job.model.widths or [1.0])),
+                     PGD.from_config(job.attack))
+    stepper: nn.Module = step
     if dist.world > 1:
         # inputs are already on the device (device_ids=None moves nothing); rank 0's BN statistics are
         # broadcast before each forward, so every rank evaluates the same model
         stepper = torch.nn.parallel.DistributedDataParallel(stepper, device_ids=None)
     draws = lambda_draws(method.sampler(job.method.lambda_choices, job.method.zero_fraction), micro, dist.rank,
                          dist.world, tcfg.accumulate)
-    steps = min(len(train_loader), tcfg.max_steps_per_epoch or len(train_loader))
     prog = Progress(tcfg.epochs, steps, state.start_epoch, enabled=progress and dist.is_main,
                     label=label or job.name)
     bn_stats = [b for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                 for b in m.buffers()] if tcfg.accumulate > 1 else []
-    run = _Run(job, out, dist, device, autocast_for(job, device), data, model, opt, sched, stepper, draws,
+    run = _Run(job, out, dist, device, autocast_for(job, device), data, model, opt, sched, step, stepper, draws,
                train_loader, val_loader, PGD.from_config(job.attack, job.eval.val_steps), steps, prog,
                RunContext(job, out, model, dist.rank, dist.world, state.start_epoch), state.history,
                BestKeeper(out / "best", state.best), state.start_epoch, bn_stats)
@@ -201,9 +210,13 @@ def eval_due(job: JobConfig, epoch: int) -> bool:
 def _epoch(run: _Run, epoch: int) -> dict[str, Any]:
     """Train one epoch, validate when due, write ``latest.pt`` and ``history.json`` (rank 0)."""
     job = run.job
+    run.step.attack = PGD.from_config(job.attack, eps=epoch_eps(job, epoch))
     record = _train_epoch(run, epoch)
     record["lr"] = run.opt.param_groups[0]["lr"]
-    run.sched.step()
+    if job.attack.warmup_epochs:
+        record["train_eps"] = run.step.attack.eps
+    if not per_step_schedule(job):
+        run.sched.step()
     if eval_due(job, epoch):
         reduce = (lambda t: all_reduce_sum(t, run.dist)) if run.dist.world > 1 else None
         pts = evaluate_model(run.model, run.val_loader, job.eval.lambdas or [], job.eval.widths or [1.0],
@@ -275,6 +288,8 @@ def _step(run: _Run, batch: tuple[torch.Tensor, torch.Tensor], lams: list[torch.
     for t, v in zip(bn_stats, first):
         t.copy_(v)
     run.opt.step()
+    if per_step_schedule(run.job):
+        run.sched.step()
 
 
 def _epoch_record(run: _Run, epoch: int, sums: dict[str, torch.Tensor], seconds: float, images: int, steps: int,

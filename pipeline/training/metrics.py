@@ -11,7 +11,7 @@ from typing import Any
 # an epoch record's scalars and their metric names
 EPOCH_SCALARS = {"loss": "loss", "lr": "lr", "images_per_s": "images_per_s", "seconds": "epoch_seconds",
                  "data_wait_share": "data_wait_share", "train_clean_acc": "train_clean_acc",
-                 "train_adv_acc": "train_adv_acc"}
+                 "train_adv_acc": "train_adv_acc", "train_eps": "train_eps"}
 
 
 def metric_key(kind: str, lam: float, width: float) -> str:

@@ -33,18 +33,36 @@ def autocast_for(job: JobConfig, device: torch.device) -> Callable[[], contextli
     return contextlib.nullcontext
 
 
-def build_optimizer(job: JobConfig, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+def build_optimizer(job: JobConfig, model: nn.Module, steps_per_epoch: int = 1) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimiser and its LR schedule; :func:`per_step_schedule` says whether the schedule steps per batch
+    (onecycle, over ``train.epochs × steps_per_epoch`` steps) or per epoch (the others)."""
     o = job.optim
-    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                          nesterov=o.nesterov)
+    opt: torch.optim.Optimizer
+    if o.name == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                              nesterov=o.nesterov)
     sched: Any
-    if o.schedule == "cosine":
+    if o.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=o.lr, total_steps=job.train.epochs * steps_per_epoch)
+    elif o.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=job.train.epochs)
     elif o.schedule == "multistep":
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=o.milestones, gamma=0.1)
     else:
         sched = torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
     return opt, sched
+
+
+def per_step_schedule(job: JobConfig) -> bool:
+    return job.optim.schedule == "onecycle"
+
+
+def epoch_eps(job: JobConfig, epoch: int) -> float:
+    """The training attack's ε at ``epoch``: the full ε, or its linear warm-up (``attack.warmup_epochs``)."""
+    w = job.attack.warmup_epochs
+    return float(job.attack.eps) * (min(1.0, (epoch + 1) / w) if w else 1.0)
 
 
 def prepare(job: JobConfig, device: torch.device) -> tuple[DataSource, RobustNet]:
