@@ -213,3 +213,13 @@ def test_lenet_conditions_both_convs_and_slims_for_oats():
         m.backbone.fc.weight[:, 16 * 49:] = float("nan")  # conv2: 32 channels, 16 at width 0.5
     assert torch.isfinite(m(x, m.condition(0.3, 0.5))).all()
     assert not torch.isfinite(m(x, m.condition(0.3, 1.0))).all()
+
+
+def test_wrn_keeps_pytorchs_default_initialisation_as_the_official_code():
+    """The official WideResNetOAT sets no initialisation of its own (its source, fast_adv, drew kaiming weights
+    and zero biases): every conv weight lies within PyTorch's default bound 1/sqrt(fan_in), the biases are not 0."""
+    job = job_from_dict({"data": {"dataset": "svhn"}, "model": {"backbone": "wrn", "depth": 10, "widen": 2}})
+    m = build_model(spec_from_job(job, 3, 10, [32, 32]))
+    convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(float(c.weight.abs().max()) <= c.weight[0].numel() ** -0.5 + 1e-6 for c in convs)
+    assert float(m.backbone.linear.bias.abs().sum()) > 0

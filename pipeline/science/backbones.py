@@ -117,12 +117,9 @@ class WideResNet(nn.Module):
                 cin = c
         self.blocks = nn.ModuleList(layers)
         self.bn = f.norm(cin, film=False)
+        # PyTorch's default initialisation, as the official WideResNetOAT (models/svhn/wide_resnet_OAT.py) has it:
+        # the fast_adv code it was taken from drew kaiming weights and zero biases, the official OAT model does not
         self.linear = SlimLinear(f.ch(cin), num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, SlimLinear):
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor, cond: Cond) -> Tensor:
         out = self.conv1(x, cond.width_idx)
