@@ -197,6 +197,9 @@ with warnings.catch_warnings():
             default=True, description="CPU, memory, disk, network (and GPU) as system/… metrics")
         system_metrics_interval: Number = Field(default=10.0, description="seconds between system-metric samples")
         register: Flag | None = _help("register the final model (pyfunc serving λ); null: OAT/OATS yes, PGDAT no")
+        register_flagged: Flag = Field(
+            default=False, description="also register (and let oat retrain promote) a run with a flagged point "
+            "(collapsed, or gradients masked): for tests of the registry's plumbing on tiny models, never for a result")
         model_name: Text | None = _help("registered model name; null: the job's name")
         alias: Text = Field(
             default="champion", description="alias set on the newly registered version (models:/NAME@ALIAS)")

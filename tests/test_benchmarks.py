@@ -70,3 +70,27 @@ def test_summary_reads_the_results_and_marks_what_was_not_measured(results):
     assert "| GPU: OAT WRN-16-8 bf16, of the bf16 matmul rate | ≥ 40% |" in text  # measured (CPU stand-in)
     not_measured = [line for line in text.splitlines() if "not measured" in line]
     assert any(line.startswith("| FFCV / torchvision") for line in not_measured)
+
+
+def test_science_quick_compares_oat_with_the_dedicated_models(tmp_path):
+    """`benchmarks.science --quick` (digits, one seed, 2 epochs, λ ∈ {0, 1}, APGD-CE): every row has both sides,
+    a difference and its verdict; the report names the attack; a rerun reuses the finished runs."""
+    work = tmp_path / "science"
+    doc = bench("science", tmp_path, "--quick", "--work", str(work))
+    [res] = doc["results"]
+    assert res["dataset"] == "digits" and res["attack"] == "apgd-ce" and res["seeds"] == [0]
+    assert [(r["method"], r["lambda"]) for r in res["rows"]] == [("oat", 0.0), ("oat", 1.0)]
+    for row in res["rows"]:
+        for q in ("sa", "pgd20", "strong"):
+            mine, ded, vs = row[q]["oat"], row[q]["pgdat"], row[q]["vs"]
+            assert 0 <= mine["mean"] <= 1 and 0 <= ded["mean"] <= 1
+            assert vs["delta"] == pytest.approx(mine["mean"] - ded["mean"]) and isinstance(vs["met"], bool)
+        assert row["strong"]["oat"]["mean"] <= row["sa"]["oat"]["mean"]
+    assert res["compute"]["ratio"] > 0
+    md = (tmp_path / "science.md").read_text()
+    assert "APGD-CE PGDAT" in md and "| OAT | 1 | 1 |" in md
+    runs = sorted(p.name for p in (work / "digits").iterdir())
+    assert runs == ["oat_s0", "pgdat_l0_s0", "pgdat_l1_s0"]
+    stamp = (work / "digits" / "oat_s0" / "final.pt").stat().st_mtime_ns
+    bench("science", tmp_path, "--quick", "--work", str(work))
+    assert (work / "digits" / "oat_s0" / "final.pt").stat().st_mtime_ns == stamp  # reused, not trained again

@@ -109,7 +109,7 @@ def test_a_flagged_run_is_tagged_and_never_registered(tmp_path):
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = tiny_job(tracking={"enabled": True, "uri": uri, "experiment": "flags", "register": True,
-                             "flush_timeout_s": 60})
+                             "register_flagged": False, "flush_timeout_s": 60})
     out = tmp_path / "run"
     info = begin(job, where=str(out))
     out.mkdir()

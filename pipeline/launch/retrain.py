@@ -159,7 +159,8 @@ def retrain(job: JobConfig, *, force: bool = False, progress: bool = True) -> De
     if champ is not None:
         failures, attack = gate(new_pts, _champion_points(uri, champ, out), job.retrain.max_sa_drop,
                                 job.retrain.max_ra_drop)
-    failures += flag_lines(read_flags(out / "eval.json"))  # a collapsed or masked point is never a champion
+    if not job.tracking.register_flagged:  # a collapsed or masked point is never a champion
+        failures += flag_lines(read_flags(out / "eval.json"))
     action = "challenger" if failures else "promoted"
     why = (f"{reason}; " + ("gate failed: " + "; ".join(failures) if failures else
                             ("gate passed against v" + before if before else "first champion"))

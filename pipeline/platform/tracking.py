@@ -583,7 +583,7 @@ def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[An
         tracker.set_tags({"quality": "FLAGGED: " + " | ".join(flag_lines(flags)) if flags else "passed"})
     t = job.tracking
     if t.register and (out / "final.pt").is_file():
-        if flags:
+        if flags and not t.register_flagged:
             print(f"[tracking] not registered as '{t.model_name or job.name}': {len(flags)} trained point(s) "
                   "flagged (collapsed or masked gradients; tag 'quality')", file=sys.stderr, flush=True)
         else:
