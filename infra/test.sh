@@ -8,7 +8,7 @@ echo "[test] ruff"
 .venv/bin/ruff check pipeline tests benchmarks
 echo "[test] mypy pipeline"
 .venv/bin/mypy pipeline
-echo "[test] import contracts (layers, no Ray/MLflow below the launchers, no private names)"
+echo "[test] import contracts (layers; Ray only in the launchers, MLflow only in the platform; no private names)"
 .venv/bin/lint-imports --no-cache
 echo "[test] pytest"
 # one process by default: on 2 cores, two pytest-xdist processes made Ray's job agent and MLflow's restarts time
