@@ -43,6 +43,7 @@ from pipeline.config import JobConfig
 from pipeline.files import atomic_write_text
 from pipeline.science.curves import flag_lines, read_flags
 from pipeline.training.callbacks import Callback, RunContext, TrainResult
+from pipeline.training.checkpoint import is_artifact_uri
 from pipeline.training.metrics import epoch_metrics, points_metrics
 
 OUTBOX = "outbox.jsonl"
@@ -210,8 +211,7 @@ def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: boo
     shown = redact(uri)
     client = mlflow_client(uri)
     try:
-        exp = client.get_experiment_by_name(t.experiment)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(t.experiment)
+        exp, exp_id = _experiment(client, t.experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
             raise TrackingError(f"MLflow experiment '{t.experiment}' at {shown} is deleted: restore it in the UI "
                                 f"or set tracking.experiment to another name")
@@ -631,6 +631,12 @@ def tracking_callbacks(job: JobConfig, out: str | Path, *, info: RunInfo | None 
     return [MlflowCallback(job, Path(out), info=info, resume=resume)]
 
 
+def _experiment(client: Any, name: str) -> tuple[Any, str]:
+    """The experiment ``name`` (None if it was just created) and its id, created when missing."""
+    exp = client.get_experiment_by_name(name)
+    return exp, (exp.experiment_id if exp is not None else client.create_experiment(name))
+
+
 def fetch_init(job: JobConfig, out: str | Path) -> Path | None:
     """``train.init_from`` as a local file: a path as it is, an MLflow artifact URI (``runs:/RUN/checkpoints/
     final.pt``, ``models:/…``, ``s3://…``) fetched into ``out/init`` by this process (so a warm start works on
@@ -638,7 +644,7 @@ def fetch_init(job: JobConfig, out: str | Path) -> Path | None:
     src = job.train.init_from
     if not src:
         return None
-    if "://" not in src and not src.startswith(("runs:/", "models:/")):
+    if not is_artifact_uri(src):
         return Path(src)
     import mlflow
 
@@ -661,9 +667,7 @@ def log_result(uri: str | None, experiment: str, *, what: str, run_name: str | N
     try:
         rid = run_id
         if rid is None:
-            exp = c.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp is not None else c.create_experiment(experiment)
-            rid = c.create_run(exp_id, run_name=run_name, tags=tags or {}).info.run_id
+            rid = c.create_run(_experiment(c, experiment)[1], run_name=run_name, tags=tags or {}).info.run_id
         ts = int(time.time() * 1000)
         c.log_batch(rid, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
                     params=[Param(k, str(v)) for k, v in (params or {}).items()],

@@ -72,6 +72,11 @@ def restore(out: Path, model: RobustNet, job: JobConfig, opt: torch.optim.Optimi
     return Restored()
 
 
+def is_artifact_uri(src: str) -> bool:
+    """``train.init_from`` names an artifact to fetch (``runs:/…``, ``models:/…``, ``s3://…``), not a local file."""
+    return "://" in src or src.startswith(("runs:/", "models:/"))
+
+
 def init_path(job: JobConfig, init: str | Path | None) -> Path | None:
     """The local file of the warm start: ``init`` as fetched by the launcher, else ``train.init_from`` when it
     is a local path. A URI (``runs:/…``, ``s3://…``) must be fetched by the launcher first."""
@@ -80,7 +85,7 @@ def init_path(job: JobConfig, init: str | Path | None) -> Path | None:
     src = job.train.init_from
     if not src:
         return None
-    if "://" in src or src.startswith(("runs:/", "models:/")):
+    if is_artifact_uri(src):
         raise CheckpointError(f"train.init_from={src} is a URI: the launcher (oat train, oat run, oat retrain) "
                               "fetches it and passes the local file to fit(init=...)")
     return Path(src)
