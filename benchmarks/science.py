@@ -1,7 +1,8 @@
 """The matched study: OAT and OATS against the dedicated PGDAT models, per data set, under a strong attack.
 
-    .venv/bin/python -m benchmarks.science [--quick] [--datasets mnist5k digits] [--seeds 0 1 2]
-                                           [--attack autoattack] [--no-oats] [--work runs/science]
+    .venv/bin/python -m benchmarks.science [--quick] [--datasets mnist5k digits] [--seeds 0 1 2] [--jobs 2]
+                                           [--lambdas 0 0.2 0.4 1] [--oats-widths 0.5 1] [--attack autoattack]
+                                           [--no-oats] [--work runs/science]
 
 Per data set, the job pair ``jobs/<data set>_oat.yaml`` / ``jobs/<data set>_pgdat.yaml`` (their recipe: backbone,
 attack, optimiser, epochs) trains one OAT model, one OATS model and one dedicated PGDAT model per λ of the OAT
@@ -54,18 +55,35 @@ def run(job_path: Path, overrides: list[str], out: Path) -> dict[str, Any]:
             "worker_s": cost_of(history, 1), "job": job.name}
 
 
-def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float], oats: bool,
-               work: Path) -> dict[str, Any]:
+def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float], oats: list[float] | None,
+               work: Path, jobs: int = 1) -> dict[str, Any]:
+    """Every run of one data set; ``jobs`` > 1 runs that many at a time, in processes of one thread each."""
     oat_job, pgdat_job = REPO / "jobs" / f"{ds}_oat.yaml", REPO / "jobs" / f"{ds}_pgdat.yaml"
     lam_set = f"method.lambda_choices=[{', '.join(f'{v:g}' for v in lambdas)}]"
-    runs: dict[str, Any] = {"oat": {}, "oats": {}, "pgdat": {}}
+    tasks: dict[tuple[str, int, float | None], tuple[Path, list[str], Path]] = {}
     for seed in seeds:
-        seeded = [*common, f"train.seed={seed}", lam_set]
-        runs["oat"][seed] = run(oat_job, seeded, work / ds / f"oat_s{seed}")
+        seeded = [*common, f"train.seed={seed}", lam_set] + (["train.threads=1"] if jobs > 1 else [])
+        for lam in sorted(lambdas, reverse=True):  # the costly λ = 1 first: the pool ends evenly
+            tasks[("pgdat", seed, lam)] = (pgdat_job, [*seeded, f"method.Lambda={lam:g}"],
+                                           work / ds / f"pgdat_l{lam:g}_s{seed}")
         if oats:
-            runs["oats"][seed] = run(oat_job, [*seeded, "method.name=oats"], work / ds / f"oats_s{seed}")
-        runs["pgdat"][seed] = {lam: run(pgdat_job, [*seeded, f"method.Lambda={lam:g}"],
-                                        work / ds / f"pgdat_l{lam:g}_s{seed}") for lam in lambdas}
+            ws = f"model.widths=[{', '.join(f'{w:g}' for w in oats)}]"
+            tasks[("oats", seed, None)] = (oat_job, [*seeded, "method.name=oats", ws], work / ds / f"oats_s{seed}")
+        tasks[("oat", seed, None)] = (oat_job, seeded, work / ds / f"oat_s{seed}")
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            futures = {k: pool.submit(run, *t) for k, t in tasks.items()}
+            results = {k: f.result() for k, f in futures.items()}
+    else:
+        results = {k: run(*t) for k, t in tasks.items()}
+    runs: dict[str, Any] = {"oat": {}, "oats": {}, "pgdat": {s: {} for s in seeds}}
+    for (method, seed, lam), r in results.items():
+        if method == "pgdat":
+            runs["pgdat"][seed][lam] = r
+        else:
+            runs[method][seed] = r
     return runs
 
 
@@ -153,6 +171,47 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def perturbed_figure(datasets: dict[str, Path], out: Path, per_class: int = 1) -> Path:
+    """Why the ε: per data set, one test image per class clean, then PGD-20 at the job's ε against the dedicated
+    λ = 1 model of seed 0 (the strongest perturbation the study trains against), with the model's predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from pipeline.data import open_data
+    from pipeline.science.attacks import PGD
+    from pipeline.science.model import load_model
+    from pipeline.science.robustness import load_test_tensors
+
+    fig, axes = plt.subplots(2 * len(datasets), 10, figsize=(10, 2.3 * len(datasets)), squeeze=False)
+    for k, (ds, run_dir) in enumerate(datasets.items()):
+        job = load_job(run_dir / "config.yaml")
+        model = load_model(run_dir).at(1.0, 1.0)
+        x, y = load_test_tensors(open_data(job.data).loader("test", 500))
+        idx = torch.stack([torch.nonzero(y == c)[0, 0] for c in range(10)])
+        xc, yc = x[idx], y[idx]
+        adv = PGD.from_config(job.attack, 20)(model, xc, yc)
+        with torch.no_grad():
+            pc, pa = model(xc).argmax(1), model(adv).argmax(1)
+        for c in range(10):
+            for r, (img, pred) in enumerate(((xc, pc), (adv, pa))):
+                ax = axes[2 * k + r, c]
+                ax.imshow(img[c, 0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title(f"→ {int(pred[c])}", fontsize=8, color="black" if pred[c] == c else "red")
+            if c == 0:
+                axes[2 * k, 0].set_ylabel(f"{ds}\nclean", fontsize=8)
+                axes[2 * k + 1, 0].set_ylabel(f"PGD-20\nε = {job.attack.eps:g}", fontsize=8)
+    fig.suptitle("Test digits, clean and at the study's ε (PGD-20 against the dedicated λ = 1 model); "
+                 "→ its prediction, red where wrong", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -160,6 +219,10 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--attack", default="autoattack", choices=sorted(ATTACK_NAMES))
     ap.add_argument("--no-oats", action="store_true")
+    ap.add_argument("--oats-widths", nargs="+", type=float, default=[0.5, 1.0], help="OATS: its widths")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each in a process of one thread)")
+    ap.add_argument("--lambdas", nargs="+", type=float,
+                    help="the λ list of every model (OAT trains it, PGDAT one model per λ); default: the OAT job's")
     ap.add_argument("--work", default="runs/science")
     ap.add_argument("--out", help="the JSON result (default: results/science.json; --quick: WORK/science_quick.json)")
     a = ap.parse_args()
@@ -174,8 +237,8 @@ def main() -> None:
     results = []
     for ds in a.datasets:
         if not a.quick:
-            lambdas = list(load_job(REPO / "jobs" / f"{ds}_oat.yaml").method.lambda_choices)
-        runs = study_runs(ds, a.seeds, common, lambdas, not a.no_oats, work)
+            lambdas = a.lambdas or list(load_job(REPO / "jobs" / f"{ds}_oat.yaml").method.lambda_choices)
+        runs = study_runs(ds, a.seeds, common, lambdas, None if a.no_oats else a.oats_widths, work, a.jobs)
         results.append(summarise(ds, runs, lambdas, a.attack))
     settings = {"argv": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v not in (None, False)),
                 "seconds": time.perf_counter() - t0}
@@ -183,6 +246,10 @@ def main() -> None:
     path = write_result("science", {"settings": settings, "results": results}, out)
     settings["date"] = json.loads(path.read_text())["date"]
     md = markdown(results, settings)
+    if not a.quick:
+        fig = perturbed_figure({r["dataset"]: work / r["dataset"] / f"pgdat_l1_s{r['seeds'][0]}" for r in results
+                                if 1.0 in lambdas}, path.with_name("science_perturbed.png"))
+        md += f"\n## Why these ε\n\n![clean and perturbed test digits]({fig.name})\n"
     path.with_suffix(".md").write_text(md + "\n")
     print(md)
 

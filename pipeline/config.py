@@ -175,6 +175,8 @@ class EvalConfig(Section):
         default=["pgd"], description="attacks of the final test evaluation: PGD-<test_steps> always; add "
                                      "autoattack (or one of its components) and eval.json, the comparison and the "
                                      "registry quote AutoAttack numbers (pipeline/science/robustness.py)")
+    strong_widths: list[Number] | None = _help(
+        "OATS: the widths the test_attacks other than PGD run at (null: every evaluated width); PGD runs at all")
     max_images: Integer | None = _help("cap the images per evaluation (null: all)")
     fuse_lambdas: Flag = Field(
         default=True, description="evaluate all λ of a width in one batched pass (same numbers, fewer kernels)")
@@ -395,6 +397,9 @@ def _check_widths(job: JobConfig) -> None:
             _fail(f"model.widths[{i}]", f"{w} must lie in (0, 1]")
     if slimmable and max(widths) != 1.0:
         _fail("model.widths", f"{widths} must include 1.0 (the full network)")
+    for i, w in enumerate(job.eval.strong_widths or []):
+        if w not in (job.eval.widths or widths):
+            _fail(f"eval.strong_widths[{i}]", f"{w} is not an evaluated width; allowed: {job.eval.widths or widths}")
 
 
 def _check_counts(job: JobConfig) -> None:

@@ -66,6 +66,8 @@ def test_bad_value_names_allowed_values():
     ({"attack": {"eps": -0.1}}, r"attack.eps"),
     ({"train": {"epochs": 0}}, r"train.epochs: 0 must be >= 1"),
     ({"eval": {"lambdas": [0.25]}}, r"eval.lambdas\[0\]: 0.25 is not a trained λ"),
+    ({"method": {"name": "oats"}, "eval": {"strong_widths": [0.6]}},
+     r"eval.strong_widths\[0\]: 0.6 is not an evaluated width; allowed: \[0.5, 0.75, 1.0\]"),
     ({"model": {"backbone": "wrn", "depth": 15}}, r"model.depth"),
 ])
 def test_cross_field_rules(section, msg):

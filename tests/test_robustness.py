@@ -72,6 +72,10 @@ def test_worst_case_is_per_image_over_every_attack(trained):
     (wp,) = [p for p in ev.points if p.attack == "worst-case"]
     assert wp.robust_acc == sum(worst) / 30 <= min(sum(pgd), sum(sq)) / 30
     assert wp.settings["over"] == ["PGD-10", "APGD-CE"]
+    # quoted as what ran, never as AutoAttack, and before any single attack
+    from pipeline.science.curves import attack_label
+
+    assert attack_label(wp) == "PGD-10 + APGD-CE" and headline_attack(ev.points) == "worst-case"
 
 
 class Quantise(nn.Module):

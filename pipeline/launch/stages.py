@@ -24,9 +24,10 @@ from pipeline.training.progress import fmt_duration
 
 
 def variant(job: JobConfig, method: str, name: str, widths: list[float] | None = None) -> JobConfig:
-    """The pipeline's job as one stage's job (its ``None`` defaults re-derived for the new method)."""
+    """The pipeline's job as one stage's job (its ``None`` defaults re-derived for the new method; OAT and OATS
+    train the same λ, so the job's ``eval.lambdas`` hold for both)."""
     return derive_job(job, {"name": name, "method.name": method, "method.zero_fraction": None, "model.widths": widths,
-                            "eval.lambdas": None, "eval.widths": None, "tracking.model_name": None,
+                            "eval.widths": None, "tracking.model_name": None,
                             "tracking.register": None, "ray.name": None, "sweep.name": None, "pipeline.stages": []})
 
 

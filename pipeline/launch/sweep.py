@@ -38,7 +38,8 @@ def baseline_job(job: JobConfig, lam: float, width: float = 1.0) -> JobConfig:
     changes: dict[str, Any] = {
         "name": f"{job.name}_pgdat_{trial_suffix(lam, width)}", "method.name": "pgdat", "method.Lambda": float(lam),
         "method.zero_fraction": None, "model.widths": [float(width)], "model.use2BN": False, "eval.lambdas": None,
-        "eval.widths": None, "tracking.register": None, "tracking.model_name": None, "ray.name": None}
+        "eval.widths": None, "eval.strong_widths": None, "tracking.register": None, "tracking.model_name": None,
+        "ray.name": None}
     if job.sweep.num_workers is not None:
         changes["ray.num_workers"] = job.sweep.num_workers
     return derive_job(job, changes)

@@ -119,18 +119,23 @@ class _null:
 
 ATTACK_NAMES = {"autoattack": "AutoAttack", "apgd-ce": "APGD-CE", "apgd-t": "APGD-T", "fab-t": "FAB-T",
                 "square": "Square", "worst-case": "worst case"}
-PREFERENCE = ("autoattack", "pgd")  # the number a table, the comparison and the registry quote, when present
+# The number a table, the comparison and the registry quote, strongest first: standard AutoAttack, then the
+# per-image worst case over the components that ran (APGD-CE + APGD-T, labelled so), one component, PGD.
+PREFERENCE = ("autoattack", "worst-case", "apgd-t", "apgd-ce", "fab-t", "square", "pgd")
 
 
 def attack_label(p: Point) -> str:
     if p.attack == "pgd":
         restarts = int((p.settings or {}).get("restarts", 1))
         return f"PGD-{p.steps}" + (f"×{restarts}" if restarts > 1 else "")
+    over = (p.settings or {}).get("over") if p.attack == "worst-case" else None
+    if over:  # the per-image worst case over the attacks that ran, named by them (never "AutoAttack")
+        return " + ".join(over)
     return ATTACK_NAMES.get(p.attack, p.attack)
 
 
 def headline_attack(*point_lists: Sequence[Point]) -> str:
-    """The strongest attack every list has points for (AutoAttack before PGD)."""
+    """The strongest attack every list has points for (in the order of :data:`PREFERENCE`)."""
     common = set.intersection(*({p.attack for p in pts} for pts in point_lists)) if point_lists else set()
     for a in PREFERENCE:
         if a in common:

@@ -43,7 +43,8 @@ def test_attacks(model: RobustNet, job: JobConfig, data: DataSource, device: tor
     x, y = load_test_tensors(loader)
     specs = [AttackSpec(a, job.attack.norm, job.attack.eps, seed=job.train.seed) for a in attacks]
     log = progress.message if progress is not None and dist.is_main else (lambda _m: None)
-    ev = evaluate_attacks(model, x, y, lambdas, job.eval.widths or [1.0], specs, batch_size=job.eval.batch_size,
+    widths = job.eval.strong_widths or job.eval.widths or [1.0]
+    ev = evaluate_attacks(model, x, y, lambdas, widths, specs, batch_size=job.eval.batch_size,
                           log=log)
     model.eval()
     local = ev.points  # counts add up over shards, the per-image worst case included
