@@ -62,7 +62,7 @@ def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float
     lam_set = f"method.lambda_choices=[{', '.join(f'{v:g}' for v in lambdas)}]"
     tasks: dict[tuple[str, int, float | None], tuple[Path, list[str], Path]] = {}
     for seed in seeds:
-        seeded = [*common, f"train.seed={seed}", lam_set] + (["train.threads=1"] if jobs > 1 else [])
+        seeded = [*common, f"train.seed={seed}", lam_set, "train.threads=1"]  # one thread a run: runs side by side
         for lam in sorted(lambdas, reverse=True):  # the costly λ = 1 first: the pool ends evenly
             tasks[("pgdat", seed, lam)] = (pgdat_job, [*seeded, f"method.Lambda={lam:g}"],
                                            work / ds / f"pgdat_l{lam:g}_s{seed}")

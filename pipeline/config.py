@@ -86,6 +86,9 @@ class ModelConfig(Section):
     encoding: Encoding = Field(default="rand", description="how λ is encoded into the model's conditioning input")
     dim: Integer = Field(default=128, description="λ code dimension (1 for encoding none)")
     use2BN: Flag = Field(default=True, description="dual batch norm (BN_c for λ = 0, BN_a for λ > 0); OAT / OATS only")
+    batch_norm: Flag = Field(
+        default=True, description="batch norm in the backbone (false: none, and no dual BN; FiLM alone conditions "
+                                  "on λ): the small-data LeNet, whose BN masks gradients (docs/evaluation.md)")
     encoding_seed: Integer = Field(
         default=0, description="seeds the `rand` encoding matrix (the official code set none)")
 
@@ -322,7 +325,7 @@ def _fill_defaults(job: JobConfig) -> None:
     m.widths = sorted(float(w) for w in m.widths)
     if m.encoding == "none":
         m.dim = 1
-    if not method.conditioned:
+    if not method.conditioned or not m.batch_norm:
         m.use2BN = False
     if job.data.val_size is None:
         job.data.val_size = REFERENCE_VAL_SIZE[job.data.dataset]

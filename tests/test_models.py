@@ -223,3 +223,27 @@ def test_wrn_keeps_pytorchs_default_initialisation_as_the_official_code():
     convs = [mod for mod in m.modules() if isinstance(mod, torch.nn.Conv2d)]
     assert convs and all(float(c.weight.abs().max()) <= c.weight[0].numel() ** -0.5 + 1e-6 for c in convs)
     assert float(m.backbone.linear.bias.abs().sum()) > 0
+
+
+def test_lenet_without_batch_norm_keeps_film_and_conv_biases():
+    """model.batch_norm: false (the small-data recipe: BN masks gradients on MNIST-5k): no BatchNorm anywhere,
+    no dual BN, the convs keep their biases, and FiLM alone still conditions the output on λ."""
+    job = job_from_dict({"data": {"dataset": "mnist5k"}, "model": {"batch_norm": False}})
+    assert job.model.use2BN is False
+    spec = spec_from_job(job, 1, 10, [28, 28])
+    assert spec.batch_norm is False and spec.dual_bn is False
+    m = build_model(spec).eval()
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
+    assert m.backbone.conv1.bias is not None and m.backbone.conv2.bias is not None
+    assert count_film_layers(m) == 2
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        assert not torch.allclose(m(x, m.condition(0.0)), m(x, m.condition(1.0)))
+        # no BN re-normalises what FiLM scales, so its scale is 1 + a: a FiLM that outputs 0 is the identity
+        site, h = m.backbone.bn1, torch.randn(4, 16, 28, 28)
+        for p in site.film.parameters():
+            p.zero_()
+        torch.testing.assert_close(site(h, m.condition(0.3)), h)
+    pgdat = build_model(spec_from_job(job_from_dict({"data": {"dataset": "mnist5k"}, "model": {"batch_norm": False},
+                                                     "method": {"name": "pgdat", "Lambda": 1.0}}), 1, 10, [28, 28]))
+    assert count_film_layers(pgdat) == 0 and not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in pgdat.modules())

@@ -47,8 +47,11 @@ def compare(oat_dir: str | Path, sweep_dir: str | Path, *, out: str | Path | Non
     # AutoAttack numbers where both sides have them, else PGD
     attack = headline_attack(all_pts, *([Point.from_dict(d) for d in t["points"]] for t in trials.values()))
     pts = by_attack(all_pts, attack)
+    # OATS with eval.strong_widths: the widths the strong attack skipped are compared under PGD, and say so
+    strong_widths = {p.width for p in pts}
+    pts += [p for p in by_attack(all_pts, "pgd") if p.width not in strong_widths]
     method = pts[0].method.upper() if pts else "OAT"
-    blocks, rows, used, dedicated_series = _match(pts, trials, attack, method)
+    blocks, rows, used, dedicated_series = _match(pts, trials, method)
     oat_cost = cost_of(history, workers)
     sweep_cost = float(sum(trials[k]["train_worker_s"] for k in used))  # the models this comparison replaces
     cost = {"oat_worker_s": oat_cost, "sweep_worker_s": sweep_cost, "dedicated_models": len(used),
@@ -77,35 +80,38 @@ def compare(oat_dir: str | Path, sweep_dir: str | Path, *, out: str | Path | Non
     return result
 
 
-def _match(pts: list[Point], trials: dict[tuple[float, float], dict[str, Any]], attack: str, method: str
+def _match(pts: list[Point], trials: dict[tuple[float, float], dict[str, Any]], method: str
            ) -> tuple[list[str], list[dict[str, Any]], set[tuple[float, float]], list[Point]]:
-    """Per width, each point against its dedicated model: the tables, the rows, the trials used and the
-    dedicated curve."""
-    def ded(t: dict[str, Any]) -> Point:
+    """Per width, each point against its dedicated model under the same attack: the tables, the rows, the trials
+    used and the dedicated curve."""
+    def ded(t: dict[str, Any], attack: str) -> Point:
         return next(p for p in map(Point.from_dict, t["points"]) if p.attack == attack)
 
     widths = sorted({p.width for p in pts}, reverse=True)
     blocks, rows, used = [], [], set()
     dedicated_series: list[Point] = []
     for w in widths:
+        attack = next(p.attack for p in pts if p.width == w)
         # a dedicated model at this width where the sweep trained one (sweep.widths), else the full-width one
         dw = w if any(k[1] == w for k in trials) else 1.0
-        dedicated = {lam: ded(t) for (lam, tw), t in trials.items() if tw == dw}
+        dedicated = {lam: ded(t, attack) for (lam, tw), t in trials.items() if tw == dw}
         at_w = [p for p in pts if p.width == w and p.lam in dedicated]
         note = "" if dw == w else " (no dedicated models at this width in the sweep: compared with full width)"
+        if at_w and at_w[0].attack != pts[0].attack:
+            note += f" (RA: {attack_label(at_w[0])})"
         head = f"width {w:g}{note}\n" if len(widths) > 1 else ""
         blocks.append(head + comparison_table(at_w, dedicated, method[:4]))
         for p in at_w:
             d = dedicated[p.lam]
             used.add((p.lam, dw))
-            rows.append({"lambda": p.lam, "width": w, "dedicated_width": dw, "clean_acc": p.clean_acc,
+            rows.append({"lambda": p.lam, "width": w, "dedicated_width": dw, "attack": attack, "clean_acc": p.clean_acc,
                          "robust_acc": p.robust_acc, "dedicated_clean_acc": d.clean_acc,
                          "dedicated_robust_acc": d.robust_acc, "delta_clean": p.clean_acc - d.clean_acc,
                          "delta_robust": p.robust_acc - d.robust_acc})
         if dw == w:
             dedicated_series += dedicated.values()
     if not dedicated_series:  # OATS widths compared with full-width models only
-        dedicated_series = [ded(t) for k, t in trials.items() if k[1] == 1.0]
+        dedicated_series = [ded(t, pts[0].attack) for k, t in trials.items() if k[1] == 1.0]
     return blocks, rows, used, dedicated_series
 
 

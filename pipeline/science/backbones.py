@@ -24,18 +24,19 @@ from pipeline.science.slimmable import SlimConv2d, SlimLinear, scaled
 class _Factory:
     """Builds conditioned layers with one model-wide setting (widths, dual BN, FiLM dimension)."""
 
-    def __init__(self, widths: list[float], dual: bool, film_dim: int | None):
-        self.widths, self.dual, self.film_dim = widths, dual, film_dim
+    def __init__(self, widths: list[float], dual: bool, film_dim: int | None, batch_norm: bool = True):
+        self.widths, self.dual, self.film_dim, self.batch_norm = widths, dual, film_dim, batch_norm
 
     def ch(self, c: int) -> list[int]:
         return scaled(c, self.widths)
 
     def conv(self, cin: int | list[int], cout: int, k: int, stride: int = 1, padding: int = 0) -> SlimConv2d:
         in_list = cin if isinstance(cin, list) else self.ch(cin)
-        return SlimConv2d(in_list, self.ch(cout), k, stride=stride, padding=padding)
+        # without BN the conv keeps its bias (BN's shift did its work)
+        return SlimConv2d(in_list, self.ch(cout), k, stride=stride, padding=padding, bias=not self.batch_norm)
 
     def norm(self, c: int, film: bool = True) -> CondNorm:
-        return CondNorm(c, self.widths, self.dual, self.film_dim if film else None)
+        return CondNorm(c, self.widths, self.dual, self.film_dim if film else None, self.batch_norm)
 
 
 class BasicBlock(nn.Module):
@@ -201,7 +202,7 @@ def build_backbone(spec: dict, film_dim: int | None) -> nn.Module:
     for key in ("channels", "blocks", "depth", "widen"):
         if spec.get(key) is not None:
             preset[key] = spec[key]
-    f = _Factory(list(spec["widths"]), bool(spec["dual_bn"]), film_dim)
+    f = _Factory(list(spec["widths"]), bool(spec["dual_bn"]), film_dim, bool(spec.get("batch_norm", True)))
     cin, ncls = spec["in_channels"], spec["num_classes"]
     kind = preset["kind"]
     if kind == "resnet":

@@ -36,18 +36,28 @@ def _batch_norm(bn: nn.BatchNorm2d, x: Tensor, affine: bool = True) -> Tensor:
 
 
 class CondNorm(nn.Module):
-    """One BN site: a BN (or a BN_c / BN_a pair) per width, optionally followed by FiLM."""
+    """One BN site: a BN (or a BN_c / BN_a pair) per width, optionally followed by FiLM. ``batch_norm=False``
+    (the small-data LeNet, ``model.batch_norm: false``): no BN at all, FiLM alone (or the identity)."""
 
-    def __init__(self, channels: int, widths: list[float], dual: bool, film_dim: int | None):
+    def __init__(self, channels: int, widths: list[float], dual: bool, film_dim: int | None,
+                 batch_norm: bool = True):
         super().__init__()
         self.active = [max(1, int(channels * w)) for w in widths]
-        self.bn_c = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active)
-        self.bn_a = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active) if dual else None
+        self.batch_norm = batch_norm
+        self.bn_c = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active) if batch_norm else None
+        self.bn_a = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active) if dual and batch_norm else None
         # sized for the widest active width: a one-width model at 0.5 is a plain half-width model throughout
         self.film = FiLM(film_dim, max(self.active), self.active) if film_dim else None
 
     def forward(self, x: Tensor, cond: Cond) -> Tensor:
         wi = cond.width_idx
+        if self.bn_c is None:
+            if self.film is None:
+                return x
+            # No BN re-normalises what FiLM scales: the scale is 1 + a, the identity at a = 0 (a plain a, about
+            # 0.01 at initialisation, shrinks every layer's signal and the model never learns; measured)
+            a, b = self.film(cond)
+            return torch.addcmul(b[:, :, None, None], x, a[:, :, None, None] + 1.0)
         bn_c = cast(nn.BatchNorm2d, self.bn_c[wi])
         bn_a = cast(nn.BatchNorm2d, self.bn_a[wi]) if self.bn_a is not None else bn_c
         route = cond.route if self.bn_a is not None else Route.CLEAN

@@ -42,6 +42,7 @@ class ModelSpec:
     widths: list[float] = field(default_factory=lambda: [1.0])
     film: bool = False
     dual_bn: bool = False
+    batch_norm: bool = True  # False: no BN anywhere (model.batch_norm), FiLM alone conditions on λ
     encoding: str = "none"
     dim: int = 1
     encoding_seed: int = 0
