@@ -145,6 +145,9 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
            f"`python -m benchmarks.science {settings['argv']}` ({settings['date']}, {settings['seconds']:.0f} s). "
            "Accuracies in % on the full test split, mean ± std over the seeds; Δ = OAT − PGDAT; ✓: |Δ| ≤ 2 points "
            "or ≤ 2·√((sd₁² + sd₂²)/n).", ""]
+    missing = [ds for ds in ANCHORS if ds not in {r["dataset"] for r in results}]
+    if missing:
+        out += [f"Not in this run: {', '.join(missing)} (`--datasets`).", ""]
     for r in results:
         strong = ATTACK_NAMES.get(r["attack"], r["attack"])
         out += [f"## {r['dataset']} (seeds {', '.join(map(str, r['seeds']))}; strong attack: {strong})", "",
@@ -240,7 +243,11 @@ def main() -> None:
             lambdas = a.lambdas or list(load_job(REPO / "jobs" / f"{ds}_oat.yaml").method.lambda_choices)
         runs = study_runs(ds, a.seeds, common, lambdas, None if a.no_oats else a.oats_widths, work, a.jobs)
         results.append(summarise(ds, runs, lambdas, a.attack))
-    settings = {"argv": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v not in (None, False)),
+    def arg(v: Any) -> str:
+        return " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else str(v)
+
+    settings = {"argv": " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {arg(v)}")
+                                 for k, v in vars(a).items() if v not in (None, False)),
                 "seconds": time.perf_counter() - t0}
     out = Path(a.out) if a.out else (work / "science_quick.json" if a.quick else RESULTS / "science.json")
     path = write_result("science", {"settings": settings, "results": results}, out)

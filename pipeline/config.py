@@ -89,6 +89,9 @@ class ModelConfig(Section):
     batch_norm: Flag = Field(
         default=True, description="batch norm in the backbone (false: none, and no dual BN; FiLM alone conditions "
                                   "on λ): the small-data LeNet, whose BN masks gradients (docs/evaluation.md)")
+    clean_bn: Flag = Field(
+        default=False, description="OAT / OATS with batch_norm false and use2BN: a BN on the λ = 0 route only (dual "
+                                   "BN without the adversarial BN)")
     encoding_seed: Integer = Field(
         default=0, description="seeds the `rand` encoding matrix (the official code set none)")
 
@@ -325,7 +328,7 @@ def _fill_defaults(job: JobConfig) -> None:
     m.widths = sorted(float(w) for w in m.widths)
     if m.encoding == "none":
         m.dim = 1
-    if not method.conditioned or not m.batch_norm:
+    if not method.conditioned or not (m.batch_norm or m.clean_bn):
         m.use2BN = False
     if job.data.val_size is None:
         job.data.val_size = REFERENCE_VAL_SIZE[job.data.dataset]

@@ -247,3 +247,27 @@ def test_lenet_without_batch_norm_keeps_film_and_conv_biases():
     pgdat = build_model(spec_from_job(job_from_dict({"data": {"dataset": "mnist5k"}, "model": {"batch_norm": False},
                                                      "method": {"name": "pgdat", "Lambda": 1.0}}), 1, 10, [28, 28]))
     assert count_film_layers(pgdat) == 0 and not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in pgdat.modules())
+
+
+def test_clean_bn_routes_only_the_clean_samples_through_bn():
+    """model.clean_bn (with batch_norm false): BN_c on the λ = 0 route, none on λ > 0. In eval mode a mixed batch
+    in any order gives every sample what it gets alone; the λ > 0 samples never touch BN_c."""
+    job = job_from_dict({"data": {"dataset": "mnist5k"}, "model": {"batch_norm": False, "clean_bn": True},
+                         "method": {"lambda_choices": [0.0, 0.4, 1.0]}})
+    spec = spec_from_job(job, 1, 10, [28, 28])
+    assert spec.dual_bn and spec.clean_bn and not spec.batch_norm
+    m = build_model(spec).eval()
+    site = m.backbone.bn1
+    assert site.bn_a is None and len(site.bn_c) == 1
+    with torch.no_grad():  # distinct running statistics, so a wrong route shows
+        site.bn_c[0].running_mean.fill_(0.5)
+        site.bn_c[0].running_var.fill_(4.0)
+    x = torch.rand(6, 1, 28, 28)
+    lam = torch.tensor([1.0, 0.0, 0.4, 0.0, 1.0, 0.4])  # not BN_c-first: gathered and scattered back
+    with torch.no_grad():
+        mixed = m(x, m.condition(lam))
+        alone = torch.cat([m(x[i:i + 1], m.condition(float(lam[i]))) for i in range(6)])
+        torch.testing.assert_close(mixed, alone, rtol=1e-4, atol=1e-5)
+        site.bn_c[0].running_mean.fill_(-3.0)  # the λ > 0 samples do not see BN_c
+        after = m(x, m.condition(lam))
+    assert torch.allclose(after[lam > 0], mixed[lam > 0]) and not torch.allclose(after[lam == 0], mixed[lam == 0])

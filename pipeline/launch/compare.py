@@ -96,9 +96,10 @@ def _match(pts: list[Point], trials: dict[tuple[float, float], dict[str, Any]], 
         dw = w if any(k[1] == w for k in trials) else 1.0
         dedicated = {lam: ded(t, attack) for (lam, tw), t in trials.items() if tw == dw}
         at_w = [p for p in pts if p.width == w and p.lam in dedicated]
-        note = "" if dw == w else " (no dedicated models at this width in the sweep: compared with full width)"
+        notes = [] if dw == w else ["no dedicated models at this width in the sweep: compared with full width"]
         if at_w and at_w[0].attack != pts[0].attack:
-            note += f" (RA: {attack_label(at_w[0])})"
+            notes.append(f"RA: {attack_label(at_w[0])}")
+        note = f" ({'; '.join(notes)})" if notes else ""
         head = f"width {w:g}{note}\n" if len(widths) > 1 else ""
         blocks.append(head + comparison_table(at_w, dedicated, method[:4]))
         for p in at_w:

@@ -17,7 +17,15 @@ from typing import Any
 from pipeline.config import load_job
 from pipeline.files import atomic_write_text
 from pipeline.launch.local import train_here
-from pipeline.science.curves import Point, comparison_table, plot_tradeoff, read_points
+from pipeline.science.curves import (
+    Point,
+    attack_label,
+    by_attack,
+    comparison_table,
+    headline_attack,
+    plot_tradeoff,
+    read_points,
+)
 from pipeline.training.progress import fmt_duration
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -51,12 +59,11 @@ def run_demo(out: str | Path = "runs/demo", *, lambdas: Sequence[float] | None =
     common = [*overrides, f"method.lambda_choices={lam_list}"] if lambdas is not None else list(overrides)
     print(f"OAT vs dedicated PGDAT on digits: 1 OAT model + {len(lams)} PGDAT models, λ ∈ {lams}", flush=True)
     oat_pts = _train_or_reuse(oat_file, common, out / "oat", "OAT", progress)
-    dedicated: dict[float, Point] = {}
-    for lam in lams:
-        pts = _train_or_reuse(pgdat_file, [*common, f"method.Lambda={lam}"], out / f"pgdat_lambda{lam:g}",
-                              f"PGDAT λ={lam:g}", progress)
-        dedicated[lam] = pts[0]
-    oat_sel = [p for p in oat_pts if p.lam in dedicated]
+    runs = {lam: _train_or_reuse(pgdat_file, [*common, f"method.Lambda={lam}"], out / f"pgdat_lambda{lam:g}",
+                                 f"PGDAT λ={lam:g}", progress) for lam in lams}
+    attack = headline_attack(oat_pts, *runs.values())  # the strongest attack both sides ran
+    dedicated: dict[float, Point] = {lam: by_attack(pts, attack)[0] for lam, pts in runs.items()}
+    oat_sel = [p for p in by_attack(oat_pts, attack) if p.lam in dedicated]
     table = comparison_table(oat_sel, dedicated)
     png = plot_tradeoff({"OAT (one model)": oat_sel, "PGDAT (one model per λ)": list(dedicated.values())},
                         out / "tradeoff.png", title="digits, test split: OAT vs dedicated PGDAT")
@@ -66,7 +73,7 @@ def run_demo(out: str | Path = "runs/demo", *, lambdas: Sequence[float] | None =
     atomic_write_text(json.dumps(summary, indent=2) + "\n", out / "demo.json")
     atomic_write_text(table + "\n", out / "demo.txt")
     a = oat_sel[0]
-    print(f"\nTest split ({a.n} images), SA = clean accuracy, RA = PGD-{a.steps} {a.norm} ε={a.eps:g} "
+    print(f"\nTest split ({a.n} images), SA = clean accuracy, RA = {attack_label(a)} {a.norm} ε={a.eps:g} "
           f"accuracy, in %; Δ = OAT − PGDAT")
     print(table)
     print(f"\nplot: {png}\nruns: {out}/  ({fmt_duration(seconds)})", flush=True)

@@ -24,8 +24,10 @@ from pipeline.science.slimmable import SlimConv2d, SlimLinear, scaled
 class _Factory:
     """Builds conditioned layers with one model-wide setting (widths, dual BN, FiLM dimension)."""
 
-    def __init__(self, widths: list[float], dual: bool, film_dim: int | None, batch_norm: bool = True):
+    def __init__(self, widths: list[float], dual: bool, film_dim: int | None, batch_norm: bool = True,
+                 clean_bn: bool = False):
         self.widths, self.dual, self.film_dim, self.batch_norm = widths, dual, film_dim, batch_norm
+        self.clean_bn = clean_bn
 
     def ch(self, c: int) -> list[int]:
         return scaled(c, self.widths)
@@ -36,7 +38,7 @@ class _Factory:
         return SlimConv2d(in_list, self.ch(cout), k, stride=stride, padding=padding, bias=not self.batch_norm)
 
     def norm(self, c: int, film: bool = True) -> CondNorm:
-        return CondNorm(c, self.widths, self.dual, self.film_dim if film else None, self.batch_norm)
+        return CondNorm(c, self.widths, self.dual, self.film_dim if film else None, self.batch_norm, self.clean_bn)
 
 
 class BasicBlock(nn.Module):
@@ -202,7 +204,8 @@ def build_backbone(spec: dict, film_dim: int | None) -> nn.Module:
     for key in ("channels", "blocks", "depth", "widen"):
         if spec.get(key) is not None:
             preset[key] = spec[key]
-    f = _Factory(list(spec["widths"]), bool(spec["dual_bn"]), film_dim, bool(spec.get("batch_norm", True)))
+    f = _Factory(list(spec["widths"]), bool(spec["dual_bn"]), film_dim, bool(spec.get("batch_norm", True)),
+                 bool(spec.get("clean_bn", False)))
     cin, ncls = spec["in_channels"], spec["num_classes"]
     kind = preset["kind"]
     if kind == "resnet":

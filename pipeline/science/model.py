@@ -43,6 +43,7 @@ class ModelSpec:
     film: bool = False
     dual_bn: bool = False
     batch_norm: bool = True  # False: no BN anywhere (model.batch_norm), FiLM alone conditions on λ
+    clean_bn: bool = False  # with batch_norm False and dual_bn: BN on the λ = 0 route only (model.clean_bn)
     encoding: str = "none"
     dim: int = 1
     encoding_seed: int = 0
