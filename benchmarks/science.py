@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.science [--quick] [--datasets mnist5k digits] [--seeds 0 1 2] [--jobs 2]
                                            [--lambdas 0 0.2 0.4 1] [--oats-widths 0.5 1] [--attack autoattack]
-                                           [--no-oats] [--work runs/science]
+                                           [--ablations lambdas_0_1 epochs_x2 ...] [--no-oats] [--work runs/science]
 
 Per data set, the job pair ``jobs/<data set>_oat.yaml`` / ``jobs/<data set>_pgdat.yaml`` (their recipe: backbone,
 attack, optimiser, epochs) trains one OAT model, one OATS model and one dedicated PGDAT model per λ of the OAT
@@ -15,8 +15,8 @@ OAT run against the whole sweep; the literature anchors. Writes ``benchmarks/res
 ``science.md``. Restartable: every run lives under ``--work`` and a finished run with the same settings is reused.
 
 ``--quick`` (the integration tier's smoke run, about a minute on 2 cores): digits only, one seed, 2 epochs,
-λ ∈ {0, 1}, 100 test images, APGD-CE, no OATS; its results go to ``--out`` (default: a ``science_quick`` pair
-in ``--work``), never over the recorded study.
+λ ∈ {0, 1}, 100 test images, APGD-CE, no OATS, one ablation (a λ = 0 share of 50%); its results go to ``--out``
+(default: a ``science_quick`` pair in ``--work``), never over the recorded study.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import json
 import math
 import statistics
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,23 @@ ANCHORS = {  # literature figures (clean / AutoAttack, %) to read ours against; 
     "digits": "no published anchor (8×8 images, 17 grey levels): read the dedicated λ = 1 model as the reference.",
 }
 GOAL_POINTS = 0.02
+# OAT variants that look for the cause where OAT misses the goal (issue 20), each against the same dedicated models:
+# name -> (what it is, overrides given the base job's epochs)
+ABLATIONS: dict[str, tuple[str, Any]] = {
+    "lambdas_0_1": ("λ list [0, 1] only", lambda epochs: ["method.lambda_choices=[0, 1]"]),
+    "epochs_x2": ("epochs ×2", lambda epochs: [f"train.epochs={2 * epochs}"]),
+    "epochs_x4": ("epochs ×4", lambda epochs: [f"train.epochs={4 * epochs}"]),
+    "zero_share_0.1": ("λ = 0 share 10% (default 1/|Λ|)", lambda epochs: ["method.zero_fraction=0.1"]),
+    "zero_share_0.5": ("λ = 0 share 50%", lambda epochs: ["method.zero_fraction=0.5"]),
+}
 
 
 def run(job_path: Path, overrides: list[str], out: Path) -> dict[str, Any]:
     """Train (or reuse) one model; its test points, flags and training worker-seconds."""
     job = load_job(job_path, overrides)
     done = out / "eval.json"
-    if not (done.is_file() and (out / "config.yaml").read_text() == job.to_yaml()):
+    saved = out / "config.yaml"  # read through today's schema: a setting added since takes its default
+    if not (done.is_file() and saved.is_file() and load_job(saved).to_yaml() == job.to_yaml()):
         fit(job, out, progress=True, resume=True, label=f"{job.name} {out.name}")
     history = json.loads((out / "history.json").read_text())
     return {"points": [p.to_dict() for p in read_points(done)], "flags": read_flags(done),
@@ -56,7 +67,7 @@ def run(job_path: Path, overrides: list[str], out: Path) -> dict[str, Any]:
 
 
 def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float], oats: list[float] | None,
-               work: Path, jobs: int = 1) -> dict[str, Any]:
+               work: Path, jobs: int = 1, ablations: Sequence[str] = ()) -> dict[str, Any]:
     """Every run of one data set; ``jobs`` > 1 runs that many at a time, in processes of one thread each."""
     oat_job, pgdat_job = REPO / "jobs" / f"{ds}_oat.yaml", REPO / "jobs" / f"{ds}_pgdat.yaml"
     lam_set = f"method.lambda_choices=[{', '.join(f'{v:g}' for v in lambdas)}]"
@@ -70,6 +81,10 @@ def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float
             ws = f"model.widths=[{', '.join(f'{w:g}' for w in oats)}]"
             tasks[("oats", seed, None)] = (oat_job, [*seeded, "method.name=oats", ws], work / ds / f"oats_s{seed}")
         tasks[("oat", seed, None)] = (oat_job, seeded, work / ds / f"oat_s{seed}")
+        epochs = load_job(oat_job, seeded).train.epochs
+        for name in ablations:
+            tasks[(f"ablation:{name}", seed, None)] = (oat_job, [*seeded, *ABLATIONS[name][1](epochs)],
+                                                       work / ds / f"oat_{name}_s{seed}")
     if jobs > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -78,10 +93,12 @@ def study_runs(ds: str, seeds: list[int], common: list[str], lambdas: list[float
             results = {k: f.result() for k, f in futures.items()}
     else:
         results = {k: run(*t) for k, t in tasks.items()}
-    runs: dict[str, Any] = {"oat": {}, "oats": {}, "pgdat": {s: {} for s in seeds}}
+    runs: dict[str, Any] = {"oat": {}, "oats": {}, "pgdat": {s: {} for s in seeds}, "ablations": {}}
     for (method, seed, lam), r in results.items():
         if method == "pgdat":
             runs["pgdat"][seed][lam] = r
+        elif method.startswith("ablation:"):
+            runs["ablations"].setdefault(method.split(":", 1)[1], {})[seed] = r
         else:
             runs[method][seed] = r
     return runs
@@ -126,9 +143,20 @@ def summarise(ds: str, runs: dict[str, Any], lambdas: list[float], attack: str) 
              for m in ("oat", "oats") for s, r in runs[m].items() for f in r["flags"]]
     flags += [{"run": f"pgdat seed {s} λ={lam:g}", **f} for s, by in runs["pgdat"].items()
               for lam, r in by.items() for f in r["flags"]]
+    ablations = []
+    for name, by_seed in runs.get("ablations", {}).items():
+        for lam in lambdas:
+            row = {"ablation": name, "what": ABLATIONS[name][0], "lambda": lam}
+            for q, (att, key) in (("sa", ("pgd", "clean_acc")), ("strong", (attack, "robust_acc"))):
+                mine = _stats([_value(r["points"], lam, 1.0, att, key) for r in by_seed.values()])
+                ded = _stats([_value(r[lam]["points"], lam, 1.0, att, key) for r in runs["pgdat"].values()])
+                row[q] = {"oat": mine, "pgdat": ded, "vs": _delta(mine, ded)}
+            ablations.append(row)
+        flags += [{"run": f"oat ({name}) seed {s}", **f} for s, r in by_seed.items() for f in r["flags"]]
     oat_s = statistics.fmean(r["worker_s"] for r in runs["oat"].values())
     sweep_s = statistics.fmean(sum(r["worker_s"] for r in by.values()) for by in runs["pgdat"].values())
-    return {"dataset": ds, "attack": attack, "rows": rows, "flags": flags, "anchor": ANCHORS.get(ds, ""),
+    return {"dataset": ds, "attack": attack, "rows": rows, "ablations": ablations, "flags": flags,
+            "anchor": ANCHORS.get(ds, ""),
             "compute": {"oat_worker_s": oat_s, "sweep_worker_s": sweep_s,
                         "ratio": oat_s / sweep_s if sweep_s else None},
             "seeds": sorted(runs["oat"])}
@@ -163,6 +191,15 @@ def markdown(results: list[dict[str, Any]], settings: dict[str, Any]) -> str:
                        f"{_cell(row['sa']['pgdat'])} | {d('sa')} | {_cell(row['strong'][m])} | "
                        f"{_cell(row['strong']['pgdat'])} | {d('strong')} | {_cell(row['pgd20'][m])} | "
                        f"{_cell(row['pgd20']['pgdat'])} |")
+        if r.get("ablations"):
+            out += ["", f"Ablations: OAT variants against the same dedicated models ({strong})", "",
+                    f"| ablation | λ | SA | Δ SA | {strong} | Δ |", "|---|---|---|---|---|---|"]
+            for row in r["ablations"]:
+                def dv(q: str, row: dict[str, Any] = row) -> str:
+                    v = row[q]["vs"]
+                    return "–" if v is None else f"{100 * v['delta']:+.1f} {'✓' if v['met'] else '✗'}"
+                out.append(f"| {row['what']} | {row['lambda']:g} | {_cell(row['sa']['oat'])} | {dv('sa')} | "
+                           f"{_cell(row['strong']['oat'])} | {dv('strong')} |")
         c = r["compute"]
         ratio = f"{c['ratio']:.2f}×" if c["ratio"] else "–"
         out += ["", f"Compute: one OAT run {c['oat_worker_s']:.0f} worker-s against the sweep's "
@@ -224,6 +261,8 @@ def main() -> None:
     ap.add_argument("--no-oats", action="store_true")
     ap.add_argument("--oats-widths", nargs="+", type=float, default=[0.5, 1.0], help="OATS: its widths")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (each in a process of one thread)")
+    ap.add_argument("--ablations", nargs="+", default=[], choices=sorted(ABLATIONS),
+                    help="OAT variants trained beside the study (per seed), against the same dedicated models")
     ap.add_argument("--lambdas", nargs="+", type=float,
                     help="the λ list of every model (OAT trains it, PGDAT one model per λ); default: the OAT job's")
     ap.add_argument("--work", default="runs/science")
@@ -233,7 +272,7 @@ def main() -> None:
     work = Path(a.work)
     common = ["data.loader=memory", "train.device=cpu"]
     if a.quick:
-        a.datasets, a.seeds, a.attack, a.no_oats = ["digits"], [0], "apgd-ce", True
+        a.datasets, a.seeds, a.attack, a.no_oats, a.ablations = ["digits"], [0], "apgd-ce", True, ["zero_share_0.5"]
         common += ["train.epochs=2", "eval.max_images=100", "attack.warmup_epochs=1", "eval.every=100"]
         lambdas = [0.0, 1.0]
     common.append(f"eval.test_attacks=[pgd, {a.attack}]")
@@ -241,7 +280,8 @@ def main() -> None:
     for ds in a.datasets:
         if not a.quick:
             lambdas = a.lambdas or list(load_job(REPO / "jobs" / f"{ds}_oat.yaml").method.lambda_choices)
-        runs = study_runs(ds, a.seeds, common, lambdas, None if a.no_oats else a.oats_widths, work, a.jobs)
+        runs = study_runs(ds, a.seeds, common, lambdas, None if a.no_oats else a.oats_widths, work, a.jobs,
+                          a.ablations)
         results.append(summarise(ds, runs, lambdas, a.attack))
     def arg(v: Any) -> str:
         return " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else str(v)

@@ -73,8 +73,8 @@ def test_summary_reads_the_results_and_marks_what_was_not_measured(results):
 
 
 def test_science_quick_compares_oat_with_the_dedicated_models(tmp_path):
-    """`benchmarks.science --quick` (digits, one seed, 2 epochs, λ ∈ {0, 1}, APGD-CE): every row has both sides,
-    a difference and its verdict; the report names the attack; a rerun reuses the finished runs."""
+    """`benchmarks.science --quick` (digits, one seed, 2 epochs, λ ∈ {0, 1}, APGD-CE, one ablation): every row
+    has both sides, a difference and its verdict; the report names the attack; a rerun reuses the finished runs."""
     work = tmp_path / "science"
     doc = bench("science", tmp_path, "--quick", "--work", str(work))
     [res] = doc["results"]
@@ -89,8 +89,11 @@ def test_science_quick_compares_oat_with_the_dedicated_models(tmp_path):
     assert res["compute"]["ratio"] > 0
     md = (tmp_path / "science.md").read_text()
     assert "APGD-CE PGDAT" in md and "| OAT | 1 | 1 |" in md
+    assert [(a["ablation"], a["lambda"]) for a in res["ablations"]] == [("zero_share_0.5", 0.0),
+                                                                         ("zero_share_0.5", 1.0)]
+    assert all(a["strong"]["vs"] is not None for a in res["ablations"]) and "| λ = 0 share 50% | 1 |" in md
     runs = sorted(p.name for p in (work / "digits").iterdir())
-    assert runs == ["oat_s0", "pgdat_l0_s0", "pgdat_l1_s0"]
+    assert runs == ["oat_s0", "oat_zero_share_0.5_s0", "pgdat_l0_s0", "pgdat_l1_s0"]
     stamp = (work / "digits" / "oat_s0" / "final.pt").stat().st_mtime_ns
     bench("science", tmp_path, "--quick", "--work", str(work))
     assert (work / "digits" / "oat_s0" / "final.pt").stat().st_mtime_ns == stamp  # reused, not trained again
