@@ -444,6 +444,29 @@ def test_tracked_ray_run_reports_through_rank_0(ray_cluster, mlflow_uri, tmp_pat
     assert len(c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")) == 6
 
 
+def test_a_resume_logs_the_epochs_a_crash_kept_from_the_outbox(tmp_path):
+    """Killed between writing latest.pt and logging that epoch's metrics: the resumed run's callback logs the
+    restored epochs the outbox never got, and no epoch twice (found by the retraining kill test under load)."""
+    from pipeline.platform.tracking import MlflowCallback
+    from pipeline.training.callbacks import RunContext
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    job = tiny_job(tracking={"enabled": True, "uri": uri, "experiment": "resume-gap"})
+    info = begin(job, where=str(tmp_path / "run"))
+    folder = tmp_path / "run" / "tracking"
+    t = Tracker(info, folder, start=False)
+    t.log_epoch({"epoch": 0, "loss": 2.0})  # epoch 1 (index 1) reached latest.pt, not the outbox
+    history = [{"epoch": 0, "loss": 2.0}, {"epoch": 1, "loss": 1.5}]
+    cb = MlflowCallback.__new__(MlflowCallback)  # its tracker as a resumed run has it
+    cb.tracker = Tracker(info, folder)
+    (tmp_path / "run" / "encoding.json").write_text("{}")
+    cb.on_start(RunContext(job, tmp_path / "run", None, start_epoch=2, history=history))  # type: ignore[arg-type]
+    cb.tracker.log_epoch({"epoch": 2, "loss": 1.0})
+    assert cb.tracker.close(timeout=60) == 0 and cb.tracker.epochs_logged() == {0, 1, 2}
+    c = client(uri)
+    assert [(m.step, m.value) for m in c.get_metric_history(info.run_id, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
+
+
 def test_sync_delivers_a_leftover_outbox(mlflow_uri, tmp_path):
     """`oat track sync RUN_DIR` delivers what a run could not (say the server was down past the flush timeout)."""
     job = tiny_job(tracking={"enabled": True, "uri": mlflow_uri, "experiment": "tests"}, name="tiny_sync")

@@ -331,7 +331,17 @@ class Tracker:
                        "ts": int(time.time() * 1000)})
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        self.log_metrics(epoch_metrics(record), int(record.get("epoch", 0)) + 1)
+        metrics = epoch_metrics(record)
+        if metrics:
+            epoch = int(record.get("epoch", 0))
+            self._put({"t": "metrics", "m": {k: float(v) for k, v in metrics.items()}, "step": epoch + 1,
+                       "epoch": epoch, "ts": int(time.time() * 1000)})
+
+    def epochs_logged(self) -> set[int]:
+        """The epochs whose metrics are in the outbox (delivered or not)."""
+        with self._lock:  # an outbox written before events named their epoch: the step of an epoch's "loss"
+            return {int(e["epoch"]) if "epoch" in e else int(e["step"]) - 1 for e in self._events
+                    if e.get("t") == "metrics" and ("epoch" in e or "loss" in e.get("m", {}))}
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload ``path`` (a file or a folder) as it is now: files are hard-linked into the outbox."""
@@ -611,6 +621,11 @@ class MlflowCallback(Callback):
     def on_start(self, run: RunContext) -> None:
         if not (run.out / "encoding.json").is_file():
             self.tracker.log_artifact(write_encoding(run.model, run.out / "encoding.json"))
+        # resumed after a crash between latest.pt and the epoch's metrics: log what the outbox never got
+        logged = self.tracker.epochs_logged()
+        for record in run.history:
+            if int(record.get("epoch", -1)) < run.start_epoch and int(record.get("epoch", -1)) not in logged:
+                self.tracker.log_epoch(record)
 
     def on_epoch_end(self, run: RunContext, record: dict[str, Any], last: bool) -> None:
         self.tracker.log_epoch(record)

@@ -31,6 +31,7 @@ class RunContext:
     rank: int = 0
     world: int = 1
     start_epoch: int = 0  # > 0: resumed from latest.pt
+    history: list[dict[str, Any]] = field(default_factory=list)  # the epochs done before this start (resumed)
 
     @property
     def is_main(self) -> bool:
