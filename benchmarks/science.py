@@ -287,7 +287,7 @@ def main() -> None:
         return " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) if isinstance(v, list) else str(v)
 
     settings = {"argv": " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {arg(v)}")
-                                 for k, v in vars(a).items() if v not in (None, False)),
+                                 for k, v in vars(a).items() if v not in (None, False, [])),
                 "seconds": time.perf_counter() - t0}
     out = Path(a.out) if a.out else (work / "science_quick.json" if a.quick else RESULTS / "science.json")
     path = write_result("science", {"settings": settings, "results": results}, out)
