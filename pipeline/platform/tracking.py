@@ -325,17 +325,15 @@ class Tracker:
             return len(self._events) - self._delivered
 
     # -- what the loop calls
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
+        """``epoch``: the training epoch these metrics close (named in the outbox, see :meth:`epochs_logged`)."""
         if metrics:
             self._put({"t": "metrics", "m": {k: float(v) for k, v in metrics.items()}, "step": int(step),
-                       "ts": int(time.time() * 1000)})
+                       **({"epoch": int(epoch)} if epoch is not None else {}), "ts": int(time.time() * 1000)})
 
     def log_epoch(self, record: Mapping[str, Any]) -> None:
-        metrics = epoch_metrics(record)
-        if metrics:
-            epoch = int(record.get("epoch", 0))
-            self._put({"t": "metrics", "m": {k: float(v) for k, v in metrics.items()}, "step": epoch + 1,
-                       "epoch": epoch, "ts": int(time.time() * 1000)})
+        epoch = int(record.get("epoch", 0))
+        self.log_metrics(epoch_metrics(record), epoch + 1, epoch)
 
     def epochs_logged(self) -> set[int]:
         """The epochs whose metrics are in the outbox (delivered or not)."""
@@ -624,7 +622,8 @@ class MlflowCallback(Callback):
         # resumed after a crash between latest.pt and the epoch's metrics: log what the outbox never got
         logged = self.tracker.epochs_logged()
         for record in run.history:
-            if int(record.get("epoch", -1)) < run.start_epoch and int(record.get("epoch", -1)) not in logged:
+            epoch = int(record.get("epoch", -1))
+            if epoch < run.start_epoch and epoch not in logged:
                 self.tracker.log_epoch(record)
 
     def on_epoch_end(self, run: RunContext, record: dict[str, Any], last: bool) -> None:

@@ -45,7 +45,6 @@ class CondNorm(nn.Module):
                  batch_norm: bool = True, clean_bn: bool = False):
         super().__init__()
         self.active = [max(1, int(channels * w)) for w in widths]
-        self.batch_norm = batch_norm
         self.clean_only = not batch_norm and clean_bn and dual
         has_bn_c = batch_norm or self.clean_only
         self.bn_c = nn.ModuleList(nn.BatchNorm2d(c) for c in self.active) if has_bn_c else None

@@ -98,7 +98,7 @@ def spec_from_job(job: Any, in_channels: int, num_classes: int, input_size: Sequ
         lambdas=list(job.lambdas),
         widths=list(m.widths),
         film=oat,
-        dual_bn=oat and m.use2BN and (m.batch_norm or m.clean_bn),
+        dual_bn=oat and m.use2BN,  # resolve() turned use2BN off where there is no BN to pair
         batch_norm=m.batch_norm,
         clean_bn=oat and m.use2BN and m.clean_bn and not m.batch_norm,
         encoding=m.encoding if oat else "none",
