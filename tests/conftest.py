@@ -121,11 +121,26 @@ def mlflow_uri(stack):
     return stack.mlflow().uri
 
 
+# fixtures that start a real service (S3 server, Ray cluster, the local stack): a test that uses one, directly or
+# through another fixture, belongs to the integration tier and must say so (`pytest -m "not integration"` is the
+# unit tier, docs/development.md)
+SERVICE_FIXTURES = frozenset({"s3_server", "ray_cluster", "stack"})
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`, infra/test.sh) a test file runs whole on one process, so its
+    """Every test that starts a real service is marked ``integration`` (a collection error names the ones that are
+    not).
+
+    Under pytest-xdist (`--dist loadgroup`, infra/test.sh) a test file runs whole on one process, so its
     module fixtures run once. test_retrain and test_tracking share one process and run in that order: the
     tracking tests stop and restart the stack's services, which the retraining tests need up."""
     shared = {"test_retrain": "stack", "test_tracking": "stack"}
     for item in items:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1].removesuffix(".py")
         item.add_marker(pytest.mark.xdist_group(shared.get(module, module)))
+    unmarked = [f"{item.nodeid} (uses {', '.join(sorted(SERVICE_FIXTURES & set(item.fixturenames)))})"
+                for item in items
+                if SERVICE_FIXTURES & set(item.fixturenames) and item.get_closest_marker("integration") is None]
+    if unmarked:
+        raise pytest.UsageError("tests that start a real service must be marked integration:\n  "
+                                + "\n  ".join(unmarked))

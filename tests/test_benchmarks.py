@@ -31,6 +31,7 @@ def results(tmp_path_factory):
     return out, routing, gpu
 
 
+@pytest.mark.integration
 def test_results_record_machine_config_and_medians(results):
     _, routing, gpu = results
     for doc in (routing, gpu):
@@ -41,6 +42,7 @@ def test_results_record_machine_config_and_medians(results):
     assert routing["results"][0]["vs_baseline"] == 1.0 and all(r["ms"] > 0 for r in routing["results"])
 
 
+@pytest.mark.integration
 def test_gpu_script_measures_every_variant_and_the_bf16_check(results):
     _, _, gpu = results
     rows = gpu["results"]
@@ -59,6 +61,7 @@ def test_gpu_script_without_a_gpu_is_one_clear_error():
     assert r.returncode != 0 and "no CUDA GPU here" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.integration
 def test_summary_reads_the_results_and_marks_what_was_not_measured(results):
     from benchmarks.summary import table
 
@@ -72,6 +75,7 @@ def test_summary_reads_the_results_and_marks_what_was_not_measured(results):
     assert any(line.startswith("| FFCV / torchvision") for line in not_measured)
 
 
+@pytest.mark.integration
 def test_science_quick_compares_oat_with_the_dedicated_models(tmp_path):
     """`benchmarks.science --quick` (digits, one seed, 2 epochs, λ ∈ {0, 1}, APGD-CE, one ablation): every row
     has both sides, a difference and its verdict; the report names the attack; a rerun reuses the finished runs."""

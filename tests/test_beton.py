@@ -244,6 +244,7 @@ def _rank_epochs(rank: int, world: int, store: str, beton: str, out: str) -> Non
         dist.destroy_process_group()
 
 
+@pytest.mark.integration
 def test_distributed_shards_are_disjoint_and_reseeded_each_epoch(tmp_path):
     write_svhn(tmp_path, n_train=36, n_test=4)
     cfg = DataConfig(dataset="svhn", root=str(tmp_path), val_size=4)
@@ -264,6 +265,7 @@ def test_distributed_shards_are_disjoint_and_reseeded_each_epoch(tmp_path):
     assert ids(r0[2]) == ids(r0[0]) and ids(r1[2]) == ids(r1[0])  # epoch restored: the same order again
 
 
+@pytest.mark.integration
 def test_the_loader_keeps_torchs_thread_count(digits_set):
     """Importing FFCV sets torch's intra-op threads to 1 (its compiler's default). The training step must keep
     the threads it was given: in a fresh process (the import happens once per process), building and iterating

@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from pipeline.launch.demo import run_demo
 
 
+@pytest.mark.integration
 def test_demo_compares_oat_with_dedicated_models(tmp_path, capsys):
     sets = ["train.epochs=2", "train.max_steps_per_epoch=4", "eval.max_images=40", "attack.steps=2",
             "eval.test_steps=3", "model.channels=[8, 16, 16]"]

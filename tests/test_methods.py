@@ -115,6 +115,7 @@ def test_oat_step_golden_value():
 GOLDEN_OAT_LOSS = 2.2821249961853027  # recorded with torch 2.14.1 on CPU
 
 
+@pytest.mark.integration
 def test_compiled_backbone_computes_the_eager_step():
     """`train.compile`: dynamo traces the conditioned backbone (routes, λ codes, the frozen-eval attack) and
     the OAT step's loss and gradients equal the eager model's. The ``aot_eager`` backend runs the traced

@@ -29,6 +29,7 @@ def test_pipeline_config_errors_name_the_key():
         load_job(REPO / "jobs" / "pipeline_digits.yaml", ["pipeline.stages=[oat, train]"])
 
 
+@pytest.mark.integration
 def test_main_job_runs_end_to_end_on_a_reduced_config(tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -22,6 +22,8 @@ from pipeline.training.loop import fit
 
 from .conftest import tiny_job
 
+pytestmark = pytest.mark.integration  # every test here runs on the real two-node Ray cluster
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 

@@ -60,6 +60,7 @@ def first(setup):
     return r
 
 
+@pytest.mark.integration
 def test_first_run_becomes_champion(first, setup):
     d = decision(setup)
     assert d["action"] == "promoted" and d["reason"].startswith("no champion yet") and d["champion_before"] is None
@@ -73,6 +74,7 @@ def test_first_run_becomes_champion(first, setup):
     assert run.data.tags["kind"] == "retrain" and run.data.tags["retrain.decision"] == "promoted"
 
 
+@pytest.mark.integration
 def test_unchanged_data_skips(first, setup):
     before = champion(setup["uri"]).version
     r = oat("retrain", setup["job"], "--mlflow", setup["uri"], "--quiet")
@@ -95,6 +97,7 @@ def changed(first, setup, stack):
     return {**decision(setup), "stdout": r.stdout}
 
 
+@pytest.mark.integration
 def test_changed_manifest_retrains_and_promotes(changed, setup):
     assert changed["action"] == "promoted" and "manifest changed" in changed["reason"]
     assert changed["champion_before"] == "1" and changed["version"] == "2"
@@ -112,6 +115,7 @@ def test_changed_manifest_retrains_and_promotes(changed, setup):
     assert (Path(changed["out"]) / "final.pt").is_file() and (Path(changed["out"]) / "eval.json").is_file()
 
 
+@pytest.mark.integration
 def test_worse_model_stays_challenger(changed, setup):
     r = oat("retrain", setup["job"], "--mlflow", setup["uri"], "--quiet", "--force",
             "--set", "train.epochs=1", "--set", "train.max_steps_per_epoch=1", "--set", "optim.lr=0.0001")
@@ -125,6 +129,7 @@ def test_worse_model_stays_challenger(changed, setup):
     assert "stays a challenger; the champion is still v2" in r.stdout
 
 
+@pytest.mark.integration
 def test_killed_retraining_leaves_the_champion_and_a_rerun_finishes_it(changed, setup):
     args = ["retrain", setup["job"], "--mlflow", setup["uri"], "--quiet", "--force", "--set", "train.epochs=6"]
     before = {p.parent for p in setup["folder"].glob("*/latest.pt")}
@@ -170,6 +175,7 @@ def test_cron_schedules():
             Cron.parse(bad).next_after(t)
 
 
+@pytest.mark.integration
 def test_scheduler_fires_on_time_never_overlaps_and_survives_a_restart(changed, setup):
     """Every 3 s; a retraining check (here: a skip, the champion is current) takes longer than that to start
     Python, so fire times that find it running are skipped. Then the scheduler restarts from its state."""

@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
     return {"out": out, "job": job, "model": model, "x": x, "y": y}
 
 
+@pytest.mark.integration
 def test_autoattack_is_at_most_pgd20_at_every_lambda(trained):
     """The training run's final test evaluation (eval.test_attacks: [pgd, autoattack], PGD-20): AutoAttack, run
     through the fixed-(λ, width) wrapper on the same images, never reports more robustness than PGD-20."""
@@ -90,6 +91,7 @@ class Quantise(nn.Module):
         return self.net(torch.round(x * 2) / 2)
 
 
+@pytest.mark.integration
 def test_sanity_checks_flag_a_masked_model(trained):
     """(The same checks pass on the real model: test_oat_report_… below runs them through `oat report`.)"""
     m, x, y = trained["model"], trained["x"], trained["y"]
@@ -124,6 +126,7 @@ def test_a_killed_evaluation_resumes_from_its_state(trained, tmp_path, monkeypat
     assert calls == ["apgd-ce", "pgd", "apgd-ce"]
 
 
+@pytest.mark.integration
 def test_oat_report_renders_every_lambda_with_checks_and_settings(trained, tmp_path):
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "report", str(trained["out"]), "--max-images", "40",
                         "--sanity-images", "24", "--out", str(tmp_path / "rep")],

@@ -19,6 +19,8 @@ from pipeline.training.loop import fit
 
 from .conftest import tiny_job
 
+pytestmark = pytest.mark.integration  # every test here talks to the real S3 server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

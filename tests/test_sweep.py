@@ -85,6 +85,7 @@ def sweep_run(ray_cluster, mlflow_uri, tmp_path_factory):
             "killed": killed, "stdout": r.stdout}
 
 
+@pytest.mark.integration
 def test_sweep_trains_one_tracked_ray_train_run_per_lambda(sweep_run, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
@@ -109,6 +110,7 @@ def test_sweep_trains_one_tracked_ray_train_run_per_lambda(sweep_run, mlflow_uri
     assert parent.info.status == "FINISHED" and "test/robust_acc/lam_1/w_0.5" in parent.data.metrics
 
 
+@pytest.mark.integration
 def test_a_trial_whose_worker_dies_is_retried_and_the_sweep_completes(sweep_run):
     """The fixture killed one trial's Ray Train worker while it trained; Tune retried the trial
     (sweep.max_failures: 1), which resumed its TorchTrainer, and every trial finished (asserted above)."""
@@ -119,6 +121,7 @@ def test_a_trial_whose_worker_dies_is_retried_and_the_sweep_completes(sweep_run)
     assert "retried from its last checkpoint" in sweep_run["stdout"]
 
 
+@pytest.mark.integration
 def test_a_narrow_dedicated_model_has_a_quarter_of_the_weights(sweep_run):
     import torch
 
@@ -130,6 +133,7 @@ def test_a_narrow_dedicated_model_has_a_quarter_of_the_weights(sweep_run):
     assert sizes[0.5] * 4 == sizes[1.0]
 
 
+@pytest.mark.integration
 def test_resubmitted_sweep_resumes_instead_of_training_again(sweep_run, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
@@ -159,6 +163,7 @@ def comparison(sweep_run, mlflow_uri):
     return oat_dir, r
 
 
+@pytest.mark.integration
 def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
@@ -184,6 +189,7 @@ def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, m
     assert {f.path for f in c.list_artifacts(run.info.run_id)} >= {"compare.png", "compare.json", "compare.txt"}
 
 
+@pytest.mark.integration
 def test_oats_widths_are_compared_with_dedicated_models_of_the_same_width(sweep_run):
     tmp = sweep_run["tmp"]
     r = oat("train", str(sweep_run["job"]), "--out", str(tmp / "oats"), "--quiet", "--set", "method.name=oats",
@@ -203,6 +209,7 @@ def test_oats_widths_are_compared_with_dedicated_models_of_the_same_width(sweep_
     assert "width 0.5\n" in r.stdout and "compared with full width" not in r.stdout
 
 
+@pytest.mark.integration
 def test_tradeoff_notebook_reads_the_comparison_from_mlflow(comparison, mlflow_uri, monkeypatch):
     """notebooks/tradeoff.ipynb executed top to bottom (nbclient, a real kernel) against the real server."""
     import nbformat

@@ -145,6 +145,7 @@ def tracked(stack, mlflow_uri, tmp_path_factory):
             "secrets": [s3["AWS_SECRET_ACCESS_KEY"], s3["AWS_ACCESS_KEY_ID"], env["MLFLOW_TRACKING_PASSWORD"]]}
 
 
+@pytest.mark.integration
 def test_run_has_params_tags_metrics_and_artifacts_in_the_bucket(tracked, stack, mlflow_uri):
     run = tracked["run"]
     c = client(mlflow_uri)
@@ -183,6 +184,7 @@ def test_run_has_params_tags_metrics_and_artifacts_in_the_bucket(tracked, stack,
     assert by_lam["0.4"].data.params["method"] == "OAT" and by_lam["0.4"].data.params["width"] == "1"
 
 
+@pytest.mark.integration
 def test_rerun_continues_the_same_run(tracked, mlflow_uri):
     """The same job in the same folder again (a resubmission): no second run, no duplicate children."""
     proc = oat("train", str(tracked["job"]), "--out", str(tracked["out"]), "--mlflow", mlflow_uri, "--quiet")
@@ -197,6 +199,7 @@ def test_rerun_continues_the_same_run(tracked, mlflow_uri):
     assert len(c.search_model_versions(f"name = 'tiny_tracked' and run_id = '{rid}'")) == 1
 
 
+@pytest.mark.integration
 def test_registered_model_serves_lambda(tracked, mlflow_uri, monkeypatch):
     import mlflow
 
@@ -222,6 +225,7 @@ def test_registered_model_serves_lambda(tracked, mlflow_uri, monkeypatch):
     assert info.flavors["python_function"].get("model_code_path", "").endswith("serving_model.py")
 
 
+@pytest.mark.integration
 def test_model_served_over_rest_answers_with_the_chosen_lambda(tracked, mlflow_uri):
     port = free_port()
     bin_dir = str(Path(sys.executable).parent)  # mlflow runs `uvicorn` from PATH
@@ -271,6 +275,7 @@ def test_model_served_over_rest_answers_with_the_chosen_lambda(tracked, mlflow_u
         log.close()
 
 
+@pytest.mark.integration
 def test_no_secret_in_params_tags_artifacts_or_logs(tracked, stack, mlflow_uri, tmp_path, monkeypatch):
     import mlflow
 
@@ -295,6 +300,7 @@ def test_no_secret_in_params_tags_artifacts_or_logs(tracked, stack, mlflow_uri, 
         assert not any(secret.encode() in b for b in blobs), "a secret leaked into an artifact"
 
 
+@pytest.mark.integration
 def test_mlflow_ui_shows_the_runs(tracked, mlflow_uri):
     """The MLflow UI rendered in headless Chromium: the runs table lists the run; the screenshot is kept."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -327,6 +333,7 @@ def test_unreachable_server_fails_before_training(tmp_path):
     assert time.monotonic() - t0 < 120
 
 
+@pytest.mark.integration
 def test_bad_artifact_store_credentials_fail_before_training(stack, tmp_path):
     """An MLflow server whose S3 keys are wrong: one clear message, exit 2, no training."""
     from pipeline.platform.services import MlflowServer
@@ -362,6 +369,7 @@ def _epochs_done(out: Path) -> int:
         return 0
 
 
+@pytest.mark.integration
 def test_outages_of_mlflow_and_s3_lose_nothing_and_do_not_stop_training(stack, mlflow_uri, tmp_path):
     """Stop the MLflow server after epoch 1 and start it again after epoch 4; then stop the object store while
     the final artifacts are uploading and start it again. Training never waits; every epoch's metrics, the
@@ -410,6 +418,7 @@ def test_outages_of_mlflow_and_s3_lose_nothing_and_do_not_stop_training(stack, m
     assert "Traceback" not in text
 
 
+@pytest.mark.integration
 def test_stack_status_and_idempotent_up(stack):
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "stack", "status", "--root", str(stack.root),
                         "--env-file", str(stack.env_file)], capture_output=True, text=True, timeout=60)
@@ -423,6 +432,7 @@ def test_stack_status_and_idempotent_up(stack):
     assert oct(stack.env_file.stat().st_mode & 0o777) == "0o600"
 
 
+@pytest.mark.integration
 def test_tracked_ray_run_reports_through_rank_0(ray_cluster, mlflow_uri, tmp_path):
     """`oat run` with tracking on the two-node cluster: the driver begins the run, rank 0 of two DDP workers
     reports every epoch, the artifacts and the test points arrive."""
@@ -467,6 +477,7 @@ def test_a_resume_logs_the_epochs_a_crash_kept_from_the_outbox(tmp_path):
     assert [(m.step, m.value) for m in c.get_metric_history(info.run_id, "loss")] == [(1, 2.0), (2, 1.5), (3, 1.0)]
 
 
+@pytest.mark.integration
 def test_sync_delivers_a_leftover_outbox(mlflow_uri, tmp_path):
     """`oat track sync RUN_DIR` delivers what a run could not (say the server was down past the flush timeout)."""
     job = tiny_job(tracking={"enabled": True, "uri": mlflow_uri, "experiment": "tests"}, name="tiny_sync")
