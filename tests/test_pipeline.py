@@ -44,6 +44,16 @@ def test_main_job_runs_end_to_end_on_a_reduced_config(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert "pipeline digits_pipeline finished" in summary and "training cost" in summary
     assert summary in r.stdout.replace("\r", "")  # the table the user reads in the terminal
+    # a quiet console: our lines, each once; Ray's and Tune's own output stays in Ray's log files, which it names
+    console = (r.stdout + r.stderr).replace("\r", "")
+    noise = ["PlacementGroupCleaner", "Failed to query Ray Train Controller", "Token authentication is enabled",
+             "core_worker.cc", "PreemptionWatcher", "(RayTrainWorker", "(TrainController", "(_trial",
+             "Configuration for experiment", "tensorboard", "setting parameters for standard version"]
+    assert [n for n in noise if n in console] == []
+    ours = [line for line in console.splitlines() if line.startswith("[")]
+    assert len(ours) > 20 and sorted(set(ours)) == sorted(ours)  # nothing printed twice
+    assert "[OAT] epoch 1/1" in r.stderr and "[PGDAT λ=1] test split" in r.stderr  # workers' and trials' lines
+    assert "[ray] started a local Ray; its own logs: " in r.stdout
     oat_cmp = json.loads((out / "compare_oat" / "compare.json").read_text())
     oats_cmp = json.loads((out / "compare_oats" / "compare.json").read_text())
     assert [(row["lambda"], row["width"]) for row in oat_cmp["rows"]] == [(0.0, 1.0), (1.0, 1.0)]

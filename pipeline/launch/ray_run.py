@@ -12,16 +12,24 @@
   folder and ``fit`` resumes from its ``latest.pt``.
 * With ``RAY_ADDRESS`` set (as ``ray job submit`` does) it joins that cluster; otherwise it starts a local
   Ray, the embedded default.
+* The console shows our lines only, each once: Ray's own output (its controller, raylets, workers' logs) stays in
+  Ray's log files (``log_to_driver=False``; the local Ray says where), and what rank 0 (and each Tune trial)
+  prints comes to the driver through a :class:`Console` relay, unprefixed, on the stream it was written to.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +83,130 @@ def snapshot(out: Path, final: bool, dest: Path) -> None:
                     _link_or_copy(f, target)
 
 
+class ConsoleBuffer:
+    """The relay's Ray actor: lines ``(stream, text)`` put by workers, taken in order by the driver."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def put(self, lines: list[tuple[str, str]]) -> None:
+        self.lines.extend(lines)
+
+    def take(self) -> list[tuple[str, str]]:
+        lines, self.lines = self.lines, []
+        return lines
+
+
+class Console:
+    """What our Ray workers and Tune trials print, printed once by the driver on the stream it was written to.
+
+    Ray streams every worker's output to the driver with a ``(RayTrainWorker pid=…)`` prefix, together with its
+    own controller's and raylets' lines; with ``log_to_driver=False`` none of that reaches the console, and this
+    relay (an actor named after the Ray job, which :func:`console_to_driver` finds from any worker or trial of the
+    job) brings back ours. Use as a context manager around the run."""
+
+    def __init__(self, poll_s: float = 0.2):
+        import ray
+
+        self.actor: Any = ray.remote(num_cpus=0)(ConsoleBuffer).options(name=console_name(),
+                                                                   get_if_exists=True).remote()
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="oat-console", daemon=True)
+
+    def _print(self) -> None:
+        import ray
+
+        for stream, text in ray.get(self.actor.take.remote()):
+            out = sys.stderr if stream == "stderr" else sys.stdout
+            out.write(text + "\n")
+            out.flush()
+
+    def _pump(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self._print()
+            except Exception:  # noqa: BLE001 - the relay never stops the run; Ray's log files keep every line
+                return
+
+    def __enter__(self) -> Console:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(ray.exceptions.RayError):  # Ray going down with an error: that error matters
+            self._print()
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes through to ``stream`` (Ray's log file) and sends each whole line to the relay."""
+
+    _inside = threading.local()  # set while a tee writes through: a stream that writes through the other one
+    # (a Ray worker's stdout can write to the current sys.stderr) must not relay the same line a second time
+
+    def __init__(self, stream: Any, actor: Any, name: str):
+        self.stream, self.actor, self.name, self._part = stream, actor, name, ""
+
+    def write(self, text: str) -> int:
+        if getattr(_Tee._inside, "on", False):
+            self.stream.write(text)
+            return len(text)
+        _Tee._inside.on = True
+        try:
+            self.stream.write(text)
+        finally:
+            _Tee._inside.on = False
+        *lines, self._part = (self._part + text).split("\n")
+        if lines:
+            self.actor.put.remote([(self.name, line.rsplit("\r", 1)[-1]) for line in lines])
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close_line(self) -> Any:
+        """Send what is left of the last line and wait for the relay to hold every line sent so far."""
+        ref = self.actor.put.remote([(self.name, self._part)] if self._part else [])
+        self._part = ""
+        return ref
+
+
+def console_name() -> str:
+    import ray
+
+    return f"oat-console-{ray.get_runtime_context().get_job_id()}"
+
+
+@contextlib.contextmanager
+def console_to_driver(enabled: bool = True) -> Iterator[None]:
+    """Inside a Ray worker or trial: what this process prints also goes to the driver's :class:`Console` (when the
+    driver has one: a driver of our own; otherwise Ray's log files and its log streaming keep the output)."""
+    import ray
+
+    try:
+        actor = ray.get_actor(console_name()) if enabled else None
+    except ValueError:
+        actor = None
+    if actor is None:
+        yield
+        return
+    out, err = _Tee(sys.stdout, actor, "stdout"), _Tee(sys.stderr, actor, "stderr")
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out.stream, err.stream
+        with contextlib.suppress(Exception):
+            ray.get([out.close_line(), err.close_line()], timeout=10)
+
+
 def _quiet_reports() -> None:
     """Ray Train logs every report (all metrics) at INFO under a logger named after its file; our progress
     lines already say what happened."""
@@ -114,7 +246,17 @@ class RayReport(Callback):
 
 
 def _worker(config: dict[str, Any]) -> None:
-    """One Ray Train worker: restore the last checkpoint, then the same loop as ``oat train``."""
+    """One Ray Train worker: restore the last checkpoint, then the same loop as ``oat train``; rank 0's output
+    also goes to the driver's console."""
+    import ray.train
+
+    _quiet_reports()
+    ctx = ray.train.get_context()
+    with console_to_driver(ctx.get_world_rank() == 0):
+        _run_worker(config, ctx.get_world_rank(), ctx.get_world_size())
+
+
+def _run_worker(config: dict[str, Any], rank: int, world: int) -> None:
     import ray.train
     import ray.train.torch
     import ray.util
@@ -123,9 +265,6 @@ def _worker(config: dict[str, Any]) -> None:
     from pipeline.training.ddp import Dist
     from pipeline.training.loop import fit
 
-    _quiet_reports()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     job = job_from_dict(config["job"])
     if job.train.threads is None:  # Ray sets OMP_NUM_THREADS to the worker's CPUs; FFCV follows torch
         job.train.threads = max(1, torch.get_num_threads())
@@ -175,15 +314,29 @@ def storage_location(path: str | None) -> tuple[str | None, Any]:
 
 
 def ray_init(address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray. Either way Ray's own output stays
+    in its log files (:class:`Console` brings back ours); the console says where they are."""
     import ray
 
     if ray.is_initialized():
         return
     addr = address or os.environ.get("RAY_ADDRESS") or None
+    # ERROR: the driver's own Ray warnings (e.g. that token authentication is on) are Ray's business, not the user's
+    quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if addr:
-        ray.init(address=addr, logging_level=logging.WARNING)
-    else:  # the embedded default: a local Ray on this machine
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address=addr, **quiet)
+        print(f"[ray] joined the Ray cluster at {addr}; Ray's own logs stay on the cluster (`ray logs`, the "
+              "dashboard)", flush=True)
+    else:  # the embedded default: a local Ray on this machine, with its dashboard on a free loopback port: Ray
+        # Train's PlacementGroupCleaner asks the State API (served by the dashboard) once a second whether the run's
+        # controller lives, and without it logs "Failed to query Ray Train Controller actor state" every time
+        from pipeline.platform.services import free_port
+
+        # one machine has no node to preempt: no PreemptionWatcher actor per run (one Python process fewer each)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ctx = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(), **quiet)
+        logs = Path(getattr(ctx, "address_info", {}).get("session_dir", "/tmp/ray/session_latest")) / "logs"
+        print(f"[ray] started a local Ray; its own logs: {logs}", flush=True)
 
 
 def begin_tracking(job: JobConfig, run_name: str, where: str, *, source: str = "oat run",
@@ -204,6 +357,9 @@ def fit_trainer(job: JobConfig, run_name: str, spath: str | None, fs: Any, info:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    # Ray Train patches the workers' print() to also log each line at INFO (to stderr and its own files): every line
+    # our workers print would reach Ray's logs twice, once on each stream. Ray Train hands this to the workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     r = job.ray
     resources: dict[str, float] = {"CPU": float(r.cpus_per_worker)}
     if r.use_gpu:
@@ -239,7 +395,8 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     # before Ray starts anything: a bad URI or store fails here
     info = begin_tracking(job, run_name, where, source=source, tags=tags)
     ray_init(address)
-    result = fit_trainer(job, run_name, spath, fs, info, label)
+    with Console():
+        result = fit_trainer(job, run_name, spath, fs, info, label)
     ckpt = result.checkpoint
     local: Path | None = None
     if ckpt is not None and out is not None:

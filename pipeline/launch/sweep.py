@@ -19,6 +19,7 @@ and ``tradeoff.png``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,14 @@ def cost_of(history: list[dict[str, Any]], workers: int) -> float:
 
 def _trial(config: dict[str, Any]) -> None:
     """One Tune trial: the PGDAT job at ``config["lam"]`` (and ``config["width"]``) as a Ray Train run, then its
-    test points."""
+    test points; what it prints also goes to the driver's console."""
+    from pipeline.launch.ray_run import console_to_driver
+
+    with console_to_driver():
+        _run_trial(config)
+
+
+def _run_trial(config: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -142,7 +150,7 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
               address: str | None = None, out: str | Path | None = None) -> SweepResult:
     """One Tune trial per (λ, width) of the dedicated PGDAT models, resumable; ``sweep.json`` and the curve."""
     from pipeline.data import s3 as storage
-    from pipeline.launch.ray_run import begin_tracking, ray_init, storage_location
+    from pipeline.launch.ray_run import Console, begin_tracking, ray_init, storage_location
     from pipeline.platform import tracking
 
     t0 = time.perf_counter()
@@ -161,7 +169,9 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     space = {"job": job.to_dict(), "sweep": sweep_name, "storage": storage_path, "where": where,
              "parent_run": parent.run_id if parent else None}
     tuner, retry_log = _tuner(job, sweep_name, space, *storage_location(storage_path))
-    trials, errors = _collect(tuner.fit(), retry_log)
+    with Console():
+        grid = tuner.fit()
+    trials, errors = _collect(grid, retry_log)
     summary = {"sweep": sweep_name, "job": job.name, "storage": where, "lambdas": sweep_lambdas(job),
                "widths": sorted(job.sweep.widths, reverse=True), "trials": trials,
                "train_worker_s": sum(t["train_worker_s"] for t in trials), "errors": errors}
@@ -175,6 +185,9 @@ def _tuner(job: JobConfig, sweep_name: str, space: dict[str, Any], spath: str | 
     """A new Tuner over the (λ, width) grid, or the sweep's own restored from its storage (and its retry log)."""
     from ray import tune
 
+    # Tune's default console engine prints its configuration box and a TensorBoard hint even at verbose=0; the
+    # legacy one prints nothing at 0 (our lines say what runs; the retry log says what failed)
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     lams, widths = sweep_lambdas(job), sorted(job.sweep.widths, reverse=True)
     trainable = tune.with_resources(_trial, {"cpu": TRIAL_CPU})  # the trial's workers hold the real resources
     tune_path = f"{spath or str(Path('~/ray_results').expanduser())}/{sweep_name}"

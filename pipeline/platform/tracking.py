@@ -602,7 +602,8 @@ def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[An
         print(f"[tracking] MLflow unreachable ({tracker.last_error}): {left} events are kept in {out / 'tracking'}; "
               f"`oat track sync {out}` delivers them", file=sys.stderr, flush=True)
     elif time.monotonic() - t0 > 2:
-        print(f"[tracking] delivered the run's artifacts in {time.monotonic() - t0:.0f} s", flush=True)
+        print(f"[tracking] delivered the artifacts of '{tracker.info.run_name}' in {time.monotonic() - t0:.0f} s",
+              flush=True)
 
 
 class MlflowCallback(Callback):

@@ -138,15 +138,17 @@ def _aa_flags(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, batch_si
               num_classes: int, warnings: list[str]) -> tuple[Tensor, float]:
     from pyautoattack import AutoAttack
 
-    aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[spec.norm], eps=spec.eps, version="standard",
-                    seed=spec.seed, device=x.device)
-    aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, num_classes - 1)
-    if spec.name != "autoattack":
-        aa.attacks_to_run = [spec.name]
     logger = logging.getLogger("auto-attack")
     handler = _AALog(warnings)
     logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # its INFO lines ("setting parameters for standard version"): our progress says it
     try:
+        aa = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[spec.norm], eps=spec.eps, version="standard",
+                        seed=spec.seed, device=x.device)
+        aa.apgd_targeted.n_target_classes = aa.fab.n_target_classes = min(9, num_classes - 1)
+        if spec.name != "autoattack":
+            aa.attacks_to_run = [spec.name]
         try:
             aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -158,6 +160,7 @@ def _aa_flags(model: nn.Module, spec: AttackSpec, x: Tensor, y: Tensor, batch_si
             aa.run_standard_evaluation(x, y, batch_size=batch_size, state_path=state)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
     saved = json.loads(state.read_text())
     return torch.tensor(saved["_robust_flags"], dtype=torch.bool, device=x.device), float(saved["_clean_accuracy"])
 
