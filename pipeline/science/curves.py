@@ -212,12 +212,13 @@ def flag_lines(flags: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: str = "") -> Path:
     """Two panels against λ (SA and RA), plus RA against SA: one line per series (and per width)."""
-    import matplotlib
+    # matplotlib's object API, not pyplot: pyplot's first import installs an IPython display hook, and in a Ray
+    # worker where another thread is importing IPython (MLflow's) it failed with "partially initialized module
+    # 'IPython'" (a sweep trial of CI, 2026-12-03); a Figure needs no backend switch and no global state
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2))
+    axes = fig.subplots(1, 3)
     markers = "osD^v<>p"
     for i, (label, pts) in enumerate(series.items()):
         for w in sorted({p.width for p in pts}):
@@ -249,7 +250,6 @@ def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: s
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
