@@ -212,9 +212,15 @@ def flag_lines(flags: Sequence[dict[str, Any]]) -> list[str]:
 
 def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: str = "") -> Path:
     """Two panels against λ (SA and RA), plus RA against SA: one line per series (and per width)."""
-    # matplotlib's object API, not pyplot: pyplot's first import installs an IPython display hook, and in a Ray
-    # worker where another thread is importing IPython (MLflow's) it failed with "partially initialized module
-    # 'IPython'" (a sweep trial of CI, 2026-12-03); a Figure needs no backend switch and no global state
+    # matplotlib's object API, not pyplot: pyplot's first import installs an IPython display hook; a Figure needs no
+    # backend switch and no global state. Its canvas still reads IPython.version_info when IPython is in sys.modules:
+    # in a Ray worker whose tracker thread is importing IPython at that moment (MLflow's notebook check) it saw a
+    # half-imported module and failed a sweep trial ("partially initialized module 'IPython'", CI 2026-12-03 and
+    # -07). Importing it here waits for that import to finish (Python's per-module import lock).
+    import sys
+
+    if "IPython" in sys.modules:
+        import IPython  # noqa: F401
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(15, 4.2))
