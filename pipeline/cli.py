@@ -28,6 +28,103 @@ from pathlib import Path
 from pipeline.config import ConfigError
 
 
+# --------------------------------------------------------------------------- option values, checked by argparse
+def _number(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number ≥ 1 (steps, images, batch sizes, workers)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def whole(text: str) -> int:
+    """A whole number ≥ 0 (a seed)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def unit(text: str) -> float:
+    """A number in [0, 1] (λ, a width)."""
+    value = _number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside [0, 1]")
+    return value
+
+
+def positive(text: str) -> float:
+    """A finite number > 0 (seconds, a learning rate)."""
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be > 0")
+    return value
+
+
+def nonnegative(text: str) -> float:
+    """A finite number ≥ 0 (ε, weight decay, momentum)."""
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value:g} must be >= 0")
+    return value
+
+
+# ------------------------------------------------------------------------------ paths by kind, before any work
+FOLDER_OPTIONS = {"out": "--out", "state": "--state", "root": "--root", "data_root": "--data-root",
+                  "storage": "--storage"}  # written or read as folders (--out, --storage: also s3://)
+FILE_OPTIONS = {"json": "--json", "plot": "--plot", "env_file": "--env-file"}
+
+
+def check_paths(a: argparse.Namespace) -> None:
+    """Refuse, before anything is read or written, a folder option that names a file, a file option that names a
+    folder (or lies in a file), an empty or NUL-holding path, and an MLflow URI MLflow cannot track into."""
+    from pipeline.config import tracking_uri_problem, uri_scheme
+
+    for attr, option in (*FOLDER_OPTIONS.items(), *FILE_OPTIONS.items()):
+        value = getattr(a, attr, None)
+        if value is None or not isinstance(value, str):
+            continue
+        if not value.strip() or "\0" in value:
+            raise ConfigError(f"{option} {value!r}: not a usable path")
+        scheme = uri_scheme(value)
+        s3_ok = attr == "storage" or (attr == "out" and a.command == "data")  # Ray's storage, a prepared data set
+        if scheme:
+            if scheme != "s3" or not s3_ok:
+                raise ConfigError(f"{option} {value!r}: a {scheme}:// URI is not allowed here; "
+                                  + ("a local folder or s3://bucket/prefix" if s3_ok else "a local path"))
+            continue
+        p = Path(value).expanduser()
+        if attr in FOLDER_OPTIONS and p.exists() and not p.is_dir():
+            raise ConfigError(f"{option} {value}: is a file; a folder is expected")
+        if attr in FILE_OPTIONS:
+            if p.is_dir():
+                raise ConfigError(f"{option} {value}: is a folder; a file is expected")
+            parent = next((q for q in p.parents if q.exists()), None)
+            if parent is not None and not parent.is_dir():
+                raise ConfigError(f"{option} {value}: {parent} is a file, not a folder")
+    uri = getattr(a, "mlflow", None)
+    if uri and (why := tracking_uri_problem(uri)):
+        raise ConfigError(f"--mlflow: {why}")
+
+
 def _fmt_list(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
@@ -107,27 +204,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("official OAT.py / PGDAT.py flags")
     g.add_argument("--method", choices=method_names())
     g.add_argument("--dataset", "--ds", dest="ds", choices=dataset_names())
-    g.add_argument("--batch_size", "-b", type=int)
-    g.add_argument("--epochs", "-e", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--momentum", type=float)
-    g.add_argument("--wd", type=float)
+    g.add_argument("--batch_size", "-b", type=count)
+    g.add_argument("--epochs", "-e", type=count)
+    g.add_argument("--lr", type=positive)
+    g.add_argument("--momentum", type=nonnegative)
+    g.add_argument("--wd", type=nonnegative)
     g.add_argument("--decay", choices=["cos", "multisteps"])
-    g.add_argument("--decay_epochs", "--de", type=int, nargs="+")
+    g.add_argument("--decay_epochs", "--de", type=count, nargs="+")
     g.add_argument("--use2BN", action="store_true")
-    g.add_argument("--Lambda", type=float)
-    g.add_argument("--lambda_choices", type=float, nargs="*")
+    g.add_argument("--Lambda", type=unit)
+    g.add_argument("--lambda_choices", type=unit, nargs="+")
     g.add_argument("--encoding", choices=["none", "onehot", "dct", "rand"])
-    g.add_argument("--dim", type=int)
-    g.add_argument("--eps", type=float, help="in pixel levels: 8 means 8/255")
-    g.add_argument("--steps", type=int)
+    g.add_argument("--dim", type=count)
+    g.add_argument("--eps", type=nonnegative, help="in pixel levels: 8 means 8/255")
+    g.add_argument("--steps", type=count)
 
 
 def _mlflow_overrides(a: argparse.Namespace) -> list[str]:
     """``--mlflow [URI]``: tracking on (URI, else $MLFLOW_TRACKING_URI, else the local store)."""
     if a.mlflow is None:
         return []
-    return ["tracking.enabled=true"] + ([f"tracking.uri={a.mlflow}"] if a.mlflow else [])
+    import json
+
+    return ["tracking.enabled=true"] + ([f"tracking.uri={json.dumps(a.mlflow)}"] if a.mlflow else [])
 
 
 def _add_mlflow_arg(p: argparse.ArgumentParser) -> None:
@@ -187,19 +286,19 @@ def _add_attack_args(p: argparse.ArgumentParser, default: list[str]) -> None:
     p.add_argument("--attack", nargs="+", choices=ATTACKS, default=default,
                    help="attacks (several: also the per-image worst case over them); autoattack = the standard "
                         "ensemble APGD-CE, APGD-T, FAB-T, Square")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--restarts", type=int, default=1, help="PGD random restarts (robust only if it survives all)")
-    p.add_argument("--eps", type=float, help="default: the training ε")
+    p.add_argument("--steps", type=count, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=count, default=1, help="PGD random restarts (robust only if it survives all)")
+    p.add_argument("--eps", type=nonnegative, help="default: the training ε")
     p.add_argument("--norm", choices=["linf", "l2"], help="default: the training norm")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lambdas", type=float, nargs="+", help="λ values (default: every trained λ)")
-    p.add_argument("--widths", type=float, nargs="+", help="widths (default: every trained width)")
+    p.add_argument("--seed", type=whole, default=0)
+    p.add_argument("--lambdas", type=unit, nargs="+", help="λ values (default: every trained λ)")
+    p.add_argument("--widths", type=unit, nargs="+", help="widths (default: every trained width)")
     p.add_argument("--data-root", help="where the data set lives, if not where training found it")
-    p.add_argument("--max-images", type=int, help="evaluate on the first N test images only")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-images", type=count, help="evaluate on the first N test images only")
+    p.add_argument("--batch-size", type=count)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--state", help="folder that makes a long evaluation restartable (default: beside the output)")
-    p.add_argument("--sanity-images", type=int, default=200, help="images for the sanity checks")
+    p.add_argument("--sanity-images", type=count, default=200, help="images for the sanity checks")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -360,7 +459,7 @@ def _add_retrain(sub: argparse._SubParsersAction) -> None:
     _add_mlflow_arg(p)
     p = sub.add_parser("schedule", help="run the job's retraining schedule (cron, UTC) on this machine")
     p.add_argument("job", help="the job YAML (its schedule: \"0 3 * * 0\")")
-    p.add_argument("--max-fires", type=int, help="stop after this many fire times (default: run until stopped)")
+    p.add_argument("--max-fires", type=count, help="stop after this many fire times (default: run until stopped)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
 
@@ -406,10 +505,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    help="a data set of the registry (pipeline/data/datasets.py)")
     q.add_argument("--root", default="data", help="where the raw data set lives (torchvision's layout)")
     q.add_argument("--out", required=True, help="destination folder or s3://bucket/prefix")
-    q.add_argument("--val-size", type=int, help="held-out images at the end of train (default: the reference)")
+    q.add_argument("--val-size", type=count, help="held-out images at the end of train (default: the reference)")
     q.add_argument("--download", action="store_true", help="let torchvision download a missing data set")
     q.add_argument("--force", action="store_true", help="rewrite even if DEST already holds the set")
-    q.add_argument("--workers", type=int, help="writer processes (default: the CPUs available)")
+    q.add_argument("--workers", type=count, help="writer processes (default: the CPUs available)")
 
 
 def cmd_stack(a: argparse.Namespace) -> int:
@@ -437,7 +536,7 @@ def _add_stack_track(sub: argparse._SubParsersAction) -> None:
     tsub = t.add_subparsers(dest="track_command", required=True)
     q = tsub.add_parser("sync", help="deliver what a run folder's tracking outbox still holds")
     q.add_argument("run_dir")
-    q.add_argument("--timeout", type=float, default=600.0)
+    q.add_argument("--timeout", type=positive, default=600.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stack_track(sub)
     d = sub.add_parser("demo", help="OAT vs dedicated PGDAT models on digits (the embedded default)")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--lambdas", type=float, nargs="+", help="λ values to compare (default: the job's list)")
+    d.add_argument("--lambdas", type=unit, nargs="+", help="λ values to compare (default: the job's list)")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override both demo jobs, e.g. --set train.epochs=5")
     d.add_argument("--quiet", action="store_true")
@@ -464,10 +563,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        check_paths(args)
+    except ConfigError as exc:
+        print(f"oat: error: {exc}", file=sys.stderr)
+        return 2
     from pipeline.data import DataError
     from pipeline.data.s3 import StorageError
     from pipeline.files import CheckpointError
-    from pipeline.launch.submit import SubmitError
+    from pipeline.launch.submit import ClusterError, SubmitError
     from pipeline.platform.services import StackError
     from pipeline.platform.tracking import TrackingError
 
@@ -476,8 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "compare": cmd_compare, "report": cmd_report, "retrain": cmd_retrain, "schedule": cmd_schedule}
     try:
         return handlers[args.command](args)
-    except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, StackError, TrackingError,
-            FileNotFoundError) as exc:
+    except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, ClusterError, StackError,
+            TrackingError, FileNotFoundError) as exc:
         print(f"oat: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # e.g. an untrained λ or width

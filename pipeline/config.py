@@ -27,14 +27,20 @@ from pydantic import Field, ValidationError
 from pipeline.data.datasets import ReferenceTable
 from pipeline.data.settings import (
     REFERENCE_VAL_SIZE,
+    AtLeastZero,
     ConfigError,
+    Count,
     DataConfig,
     Flag,
-    Integer,
-    Number,
+    NonNegative,
     OneOf,
+    Positive,
+    Retries,
     Section,
+    Share,
     Text,
+    Unit,
+    Width,
     config_error,
 )
 from pipeline.science.attacks import default_step_size
@@ -44,7 +50,7 @@ __all__ = ["REFERENCE_BACKBONE", "REFERENCE_LAMBDAS", "REFERENCE_VAL_SIZE", "REF
            "ConfigError", "DataConfig", "EvalConfig", "JobConfig", "MethodConfig", "ModelConfig", "OptimConfig",
            "PipelineConfig", "RayConfig", "RetrainConfig", "SweepConfig", "TrackingConfig", "TrainConfig",
            "config_help", "default_step_size", "derive_job", "job_from_dict", "job_schema", "load_job", "main",
-           "parse_override", "schema_text"]
+           "parse_override", "schema_text", "tracking_uri_problem", "uri_scheme"]
 
 REFERENCE_LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 REFERENCE_WIDTHS = [0.5, 0.75, 1.0]
@@ -57,6 +63,10 @@ Backbone = Literal["small_cnn", "lenet", "resnet18", "resnet34", "wrn16_8", "wrn
 Encoding = Literal["rand", "onehot", "dct", "none"]
 MethodName = Annotated[str, OneOf(lambda: METHODS)]
 AttackName = Literal["pgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"]
+# lists that must name at least one value (a λ list, a width list): empty is refused at load, with the key
+Units = Annotated[list[Unit], Field(min_length=1)]
+Widths = Annotated[list[Width], Field(min_length=1)]
+Counts = Annotated[list[Count], Field(min_length=1)]
 
 
 def _help(text: str) -> Any:
@@ -75,16 +85,16 @@ class ModelConfig(Section):
     section: ClassVar[str] = "model"
 
     backbone: Backbone | None = _help("null: the reference backbone of the data set")
-    channels: list[Integer] | None = _help("small_cnn / resnet: channels per stage")
-    blocks: list[Integer] | None = _help("resnet: BasicBlocks per stage")
-    depth: Integer | None = _help("wrn: depth (6n + 4)")
-    widen: Integer | None = _help("wrn: widen factor")
-    dropout: Number | None = _help("null: 0.3 for WRNs (reference), 0 otherwise")
-    widths: list[Number] | None = _help(
+    channels: Counts | None = _help("small_cnn / resnet: channels per stage")
+    blocks: Counts | None = _help("resnet: BasicBlocks per stage")
+    depth: Count | None = _help("wrn: depth (6n + 4)")
+    widen: Count | None = _help("wrn: widen factor")
+    dropout: Share | None = _help("null: 0.3 for WRNs (reference), 0 otherwise")
+    widths: Widths | None = _help(
         "OATS: its slimmable widths (null: [0.5, 0.75, 1.0]); PGDAT / OAT: one width multiplier (null: [1.0]); "
         "[0.5] is a plain model with half the channels in every layer")
     encoding: Encoding = Field(default="rand", description="how λ is encoded into the model's conditioning input")
-    dim: Integer = Field(default=128, description="λ code dimension (1 for encoding none)")
+    dim: Count = Field(default=128, description="λ code dimension (1 for encoding none)")
     use2BN: Flag = Field(default=True, description="dual batch norm (BN_c for λ = 0, BN_a for λ > 0); OAT / OATS only")
     batch_norm: Flag = Field(
         default=True, description="batch norm in the backbone (false: none, and no dual BN; FiLM alone conditions "
@@ -92,7 +102,7 @@ class ModelConfig(Section):
     clean_bn: Flag = Field(
         default=False, description="OAT / OATS with batch_norm false and use2BN: a BN on the λ = 0 route only (dual "
                                    "BN without the adversarial BN)")
-    encoding_seed: Integer = Field(
+    encoding_seed: AtLeastZero = Field(
         default=0, description="seeds the `rand` encoding matrix (the official code set none)")
 
 
@@ -102,10 +112,10 @@ class MethodConfig(Section):
     section: ClassVar[str] = "method"
 
     name: MethodName = Field(default="oat", description="the training method")
-    Lambda: Number = Field(default=0.5, description="PGDAT: the fixed trade-off weight")
-    lambda_choices: list[Number] = Field(
+    Lambda: Unit = Field(default=0.5, description="PGDAT: the fixed trade-off weight")
+    lambda_choices: Units = Field(
         default=REFERENCE_LAMBDAS, description="OAT / OATS: the λ values the model is trained for (0.0 included)")
-    zero_fraction: Number | None = _help("share of a batch at λ = 0; null: 1/|Λ| as in the reference")
+    zero_fraction: Unit | None = _help("share of a batch at λ = 0; null: 1/|Λ| as in the reference")
 
 
 class AttackConfig(Section):
@@ -114,14 +124,14 @@ class AttackConfig(Section):
     section: ClassVar[str] = "attack"
 
     norm: Literal["linf", "l2"] = Field(default="linf", description="the threat model")
-    eps: Number = Field(default=8 / 255, description="the attack radius ε (a number or a fraction such as 8/255)")
-    steps: Integer = Field(default=7, description="PGD steps")
-    step_size: Number | None = _help("null: by step_rule")
+    eps: NonNegative = Field(default=8 / 255, description="the attack radius ε (a number or a fraction such as 8/255)")
+    steps: Count = Field(default=7, description="PGD steps")
+    step_size: NonNegative | None = _help("null: by step_rule")
     step_rule: Literal["official", "madry"] = Field(
         default="official", description="the step size when step_size is null, and for PGD at other step counts "
         "(validation, test): official = min(1.25ε, ε + 4/255)/steps (L∞), 2.5ε/steps (L2); madry = 2.5ε/steps")
     random_start: Flag = Field(default=True, description="start from a uniform random point in the ε-ball")
-    warmup_epochs: Integer = Field(
+    warmup_epochs: AtLeastZero = Field(
         default=0, description="training only: ε grows linearly over the first epochs (epoch e attacks with "
         "ε·min(1, (e+1)/warmup_epochs)); 0: the full ε from the start, as the reference. Large ε (0.3 on MNIST) "
         "without a warm-up collapses training to one class")
@@ -133,14 +143,14 @@ class OptimConfig(Section):
     section: ClassVar[str] = "optim"
 
     name: Literal["sgd", "adam"] = Field(default="sgd", description="the optimiser")
-    lr: Number = Field(default=0.1, description="the initial learning rate (onecycle: the peak)")
-    momentum: Number = Field(default=0.9, description="SGD momentum (Adam: unused)")
-    weight_decay: Number = Field(default=5e-4, description="L2 weight decay")
+    lr: Positive = Field(default=0.1, description="the initial learning rate (onecycle: the peak)")
+    momentum: Share = Field(default=0.9, description="SGD momentum (Adam: unused)")
+    weight_decay: NonNegative = Field(default=5e-4, description="L2 weight decay")
     nesterov: Flag = Field(default=False, description="Nesterov momentum")
     schedule: Literal["cosine", "multistep", "constant", "onecycle"] = Field(
         default="cosine", description="the learning-rate schedule: cosine to 0 (per epoch, the reference), "
         "multistep, constant, or onecycle (per step: up to lr in the first 30%, then down)")
-    milestones: list[Integer] = Field(
+    milestones: list[Count] = Field(
         default=[50, 150], description="multistep: the epochs where the rate drops by 10×")
 
 
@@ -149,17 +159,17 @@ class TrainConfig(Section):
 
     section: ClassVar[str] = "train"
 
-    epochs: Integer = Field(default=200, description="training epochs")
-    batch_size: Integer = Field(default=128, description="the global batch (split over DDP workers)")
-    seed: Integer = Field(default=0, description="seeds the weights, the data order and the λ sampling")
+    epochs: Count = Field(default=200, description="training epochs")
+    batch_size: Count = Field(default=128, description="the global batch (split over DDP workers)")
+    seed: AtLeastZero = Field(default=0, description="seeds the weights, the data order and the λ sampling")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when available")
     amp: Flag = Field(default=False, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: Flag = Field(default=False, description="channels-last memory format for images and the model")
     compile: Flag = Field(
         default=False, description="torch.compile the backbone (state-dict keys unchanged); pays a compile at start-up")
-    threads: Integer | None = _help("torch intra-op threads on CPU; null: torch's default")
-    max_steps_per_epoch: Integer | None = _help("cut epochs short (smoke tests, benchmarks)")
-    accumulate: Integer = Field(
+    threads: Count | None = _help("torch intra-op threads on CPU; null: torch's default")
+    max_steps_per_epoch: Count | None = _help("cut epochs short (smoke tests, benchmarks)")
+    accumulate: Count = Field(
         default=1, description="micro-batches per step, each with its own BN statistics and λ = 0 share (as DDP ranks)")
     init_from: Text | None = _help("start from these weights (a checkpoint of the same model: a file, runs:/…, "
                                    "s3://…); a resumed run ignores it")
@@ -170,20 +180,20 @@ class EvalConfig(Section):
 
     section: ClassVar[str] = "eval"
 
-    batch_size: Integer = Field(default=100, description="evaluation batch size")
-    every: Integer = Field(default=10, description="validate every N epochs ...")
+    batch_size: Count = Field(default=100, description="evaluation batch size")
+    every: Count = Field(default=10, description="validate every N epochs ...")
     last_quarter: Flag = Field(default=True, description="... and every epoch in the last quarter (reference cadence)")
-    lambdas: list[Number] | None = _help("λ values to evaluate; null: method.lambda_choices")
-    widths: list[Number] | None = _help("widths to evaluate; null: model.widths")
-    val_steps: Integer | None = _help("PGD steps on validation; null: attack.steps (PGD-7, the reference)")
-    test_steps: Integer = Field(default=20, description="PGD steps for the final test-split evaluation")
+    lambdas: Units | None = _help("λ values to evaluate; null: method.lambda_choices")
+    widths: Widths | None = _help("widths to evaluate; null: model.widths")
+    val_steps: Count | None = _help("PGD steps on validation; null: attack.steps (PGD-7, the reference)")
+    test_steps: Count = Field(default=20, description="PGD steps for the final test-split evaluation")
     test_attacks: list[AttackName] = Field(
         default=["pgd"], description="attacks of the final test evaluation: PGD-<test_steps> always; add "
                                      "autoattack (or one of its components) and eval.json, the comparison and the "
                                      "registry quote AutoAttack numbers (pipeline/science/robustness.py)")
-    strong_widths: list[Number] | None = _help(
+    strong_widths: Widths | None = _help(
         "OATS: the widths the test_attacks other than PGD run at (null: every evaluated width); PGD runs at all")
-    max_images: Integer | None = _help("cap the images per evaluation (null: all)")
+    max_images: Count | None = _help("cap the images per evaluation (null: all)")
     fuse_lambdas: Flag = Field(
         default=True, description="evaluate all λ of a width in one batched pass (same numbers, fewer kernels)")
 
@@ -203,7 +213,7 @@ with warnings.catch_warnings():
         experiment: Text = Field(default="oat", description="the MLflow experiment")
         system_metrics: Flag = Field(
             default=True, description="CPU, memory, disk, network (and GPU) as system/… metrics")
-        system_metrics_interval: Number = Field(default=10.0, description="seconds between system-metric samples")
+        system_metrics_interval: Positive = Field(default=10.0, description="seconds between system-metric samples")
         register: Flag | None = _help("register the final model (pyfunc serving λ); null: OAT/OATS yes, PGDAT no")
         register_flagged: Flag = Field(
             default=False, description="also register (and let oat retrain promote) a run with a flagged point "
@@ -211,7 +221,7 @@ with warnings.catch_warnings():
         model_name: Text | None = _help("registered model name; null: the job's name")
         alias: Text = Field(
             default="champion", description="alias set on the newly registered version (models:/NAME@ALIAS)")
-        flush_timeout_s: Number = Field(
+        flush_timeout_s: NonNegative = Field(
             default=120.0, description="at the end, wait this long (seconds) for undelivered metrics and artifacts")
 
 
@@ -220,18 +230,18 @@ class RayConfig(Section):
 
     section: ClassVar[str] = "ray"
 
-    num_workers: Integer = Field(default=1, description="DDP workers; train.batch_size is split over them")
+    num_workers: Count = Field(default=1, description="DDP workers; train.batch_size is split over them")
     use_gpu: Flag = Field(default=False, description="one GPU per worker, NCCL; otherwise gloo on CPU")
-    cpus_per_worker: Number = Field(
+    cpus_per_worker: Positive = Field(
         default=1.0, description="CPUs per worker; also the worker's torch threads and FFCV decoding threads")
-    gpus_per_worker: Number = Field(default=1.0, description="GPUs per worker (with use_gpu)")
+    gpus_per_worker: Positive = Field(default=1.0, description="GPUs per worker (with use_gpu)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         default="PACK", description="Ray placement strategy of the worker group")
-    max_failures: Integer = Field(
+    max_failures: Retries = Field(
         default=0, description="restarts of the worker group (from the last checkpoint); -1: unlimited")
     storage_path: Text | None = _help("a folder every node sees, or s3://bucket/prefix; null: ~/ray_results")
     name: Text | None = _help("the run's name under storage_path (null: the job's name); same name = resume")
-    checkpoints_to_keep: Integer = Field(default=2, description="checkpoints kept under storage_path")
+    checkpoints_to_keep: Count = Field(default=2, description="checkpoints kept under storage_path")
 
 
 class SweepConfig(Section):
@@ -239,11 +249,11 @@ class SweepConfig(Section):
 
     section: ClassVar[str] = "sweep"
 
-    lambdas: list[Number] | None = _help("null: method.lambda_choices (the OAT job's list)")
-    max_concurrent_trials: Integer = Field(default=2, description="trials running at once")
-    max_failures: Integer = Field(default=1, description="retries of a failed trial (-1: without limit)")
-    num_workers: Integer | None = _help("DDP workers per trial; null: ray.num_workers")
-    widths: list[Number] = Field(
+    lambdas: Units | None = _help("null: method.lambda_choices (the OAT job's list)")
+    max_concurrent_trials: Count = Field(default=2, description="trials running at once")
+    max_failures: Retries = Field(default=1, description="retries of a failed trial (-1: without limit)")
+    num_workers: Count | None = _help("DDP workers per trial; null: ray.num_workers")
+    widths: Widths = Field(
         default=[1.0], description="one dedicated model per (λ, width multiplier): [0.5, 0.75, 1.0] gives the OATS "
                            "comparison a plain model at every width")
     name: Text | None = _help("the sweep's name under ray.storage_path (null: <job name>_sweep); same name = resume")
@@ -255,7 +265,7 @@ class PipelineConfig(Section):
     section: ClassVar[str] = "pipeline"
 
     stages: list[Literal["oat", "oats", "sweep", "compare"]] = Field(default=[], description="the stages, in order")
-    oats_widths: list[Number] = Field(default=REFERENCE_WIDTHS, description="the OATS stage's widths")
+    oats_widths: Widths = Field(default=REFERENCE_WIDTHS, description="the OATS stage's widths")
 
 
 class RetrainConfig(Section):
@@ -264,15 +274,15 @@ class RetrainConfig(Section):
     section: ClassVar[str] = "retrain"
 
     model_name: Text | None = _help("the registered model (null: tracking.model_name)")
-    max_age_days: Number | None = Field(
+    max_age_days: Positive | None = Field(
         default=30.0, description="retrain when the champion is older than this (null: only on new data)")
     init: Literal["scratch", "champion"] = Field(
         default="scratch", description="champion: warm-start from the champion's weights")
     runner: Literal["local", "ray"] = Field(
         default="local", description="ray: train as `oat run` does (Ray Train, the job's ray section)")
-    max_sa_drop: Number = Field(
+    max_sa_drop: NonNegative = Field(
         default=1.0, description="the gate: points of clean accuracy any λ (and width) may lose against the champion")
-    max_ra_drop: Number = Field(
+    max_ra_drop: NonNegative = Field(
         default=1.0, description="... and of robust accuracy (AutoAttack where both have it, else PGD)")
     folder: Text = Field(default="runs/retrain", description="the retraining runs and the scheduler's state")
 
@@ -355,6 +365,8 @@ def _fail(key: str, msg: str) -> typing.NoReturn:
 
 
 def _check(job: JobConfig) -> None:
+    _check_threat_model(job)
+    _check_locations(job)
     _check_method(job)
     _check_widths(job)
     _check_counts(job)
@@ -364,15 +376,84 @@ def _check(job: JobConfig) -> None:
     _check_operations(job)
 
 
+def _check_threat_model(job: JobConfig) -> None:
+    """ε within the images' range ([0, 1] per pixel): L∞ at most 1 (any image), L2 at most the diagonal of the cube
+    √(C·H·W); beyond that the attack is unconstrained and a robust accuracy means nothing."""
+    import math
+
+    from pipeline.data.datasets import DATASETS
+
+    a = job.attack
+    c, h, w = DATASETS[job.data.dataset].image_shape
+    bound, what = (1.0, "images are in [0, 1], so L∞ ε ≤ 1 (0.3 is MNIST's, 8/255 CIFAR-10's)") if a.norm == "linf" \
+        else (math.sqrt(c * h * w), f"L2 ε ≤ √(C·H·W) = {math.sqrt(c * h * w):.3g} for {job.data.dataset} "
+                                    "(0.5 is CIFAR-10's)")
+    if not 0.0 <= a.eps <= bound:
+        _fail("attack.eps", f"{a.eps:g} is outside [0, {bound:.4g}]: {what}")
+    assert a.step_size is not None, "resolve() fills attack.step_size"
+    if not 0.0 <= a.step_size <= bound:
+        _fail("attack.step_size", f"{a.step_size:g} is outside [0, {bound:.4g}] ({a.norm}, images in [0, 1])")
+
+
+# URI schemes each location accepts ("" = a local path); MLflow's are SQLAlchemy dialects (postgresql+psycopg2: the
+# part before "+") and its HTTP server; the file store is refused by MLflow 3 unless MLFLOW_ALLOW_FILE_STORE is set
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+FOLDER_SCHEMES = ("", "s3")  # ray.storage_path, data.beton
+INIT_SCHEMES = ("", "s3", "runs", "models")  # train.init_from
+
+
+def uri_scheme(uri: str) -> str:
+    """``s3://b/k`` -> "s3", ``runs:/id/p`` -> "runs", ``postgresql+psycopg2://`` -> "postgresql", a path -> ""."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", uri)
+    if m is None or re.match(r"^[A-Za-z]:[\\/]", uri):  # C:\ is a Windows path, not a scheme
+        return ""
+    return m.group(1).split("+")[0].lower()
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow cannot track into ``uri`` (None: it can, as far as its form goes)."""
+    import os
+
+    scheme = "databricks" if uri.strip() == "databricks" else uri_scheme(uri)
+    if scheme in TRACKING_SCHEMES:
+        return None
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true", "yes"):
+            return None
+        return (f"{uri!r} is MLflow's file store, which MLflow 3 keeps in maintenance mode: use sqlite:///PATH.db or "
+                "an http(s):// tracking server (MLFLOW_ALLOW_FILE_STORE=true lets MLflow use it anyway)")
+    allowed = ", ".join(f"{x}://" for x in TRACKING_SCHEMES)
+    return f"{uri!r}: MLflow cannot track into a {scheme}:// URI; allowed: {allowed}"
+
+
+def _check_locations(job: JobConfig) -> None:
+    """Each URI by its scheme, each local folder by its kind (an existing file is not a folder)."""
+    t = job.tracking
+    if t.uri and (why := tracking_uri_problem(t.uri)):
+        _fail("tracking.uri", why)
+    for key, value, schemes in (("ray.storage_path", job.ray.storage_path, FOLDER_SCHEMES),
+                                ("data.beton", job.data.beton, FOLDER_SCHEMES),
+                                ("train.init_from", job.train.init_from, INIT_SCHEMES),
+                                ("data.root", job.data.root, ("",)), ("data.cache_dir", job.data.cache_dir, ("",)),
+                                ("retrain.folder", job.retrain.folder, ("",))):
+        if not value:
+            if value == "":
+                _fail(key, "an empty string; give a path" + (" or a URI" if len(schemes) > 1 else ""))
+            continue
+        scheme = uri_scheme(value)
+        if scheme not in schemes:
+            allowed = ", ".join("a local path" if x == "" else f"{x}:{'//' if x == 's3' else '/'}…" for x in schemes)
+            _fail(key, f"{value!r}: {scheme or 'that'} is not allowed here; allowed: {allowed}")
+        if "\0" in value:
+            _fail(key, f"{value!r} holds a NUL character")
+        if scheme == "" and key != "train.init_from" and Path(value).expanduser().is_file():
+            _fail(key, f"{value!r} is a file; a folder is expected here")
+
+
 def _check_method(job: JobConfig) -> None:
     meth, m = job.method, job.model
-    for i, lam in enumerate(meth.lambda_choices):
-        if not 0.0 <= lam <= 1.0:
-            _fail(f"method.lambda_choices[{i}]", f"{lam} is outside [0, 1]")
     if len(set(meth.lambda_choices)) != len(meth.lambda_choices):
         _fail("method.lambda_choices", f"{meth.lambda_choices} repeats a value")
-    if not 0.0 <= meth.Lambda <= 1.0:
-        _fail("method.Lambda", f"{meth.Lambda} is outside [0, 1]")
     if get_method(meth.name).conditioned:
         if 0.0 not in meth.lambda_choices:
             _fail("method.lambda_choices", "OAT/OATS need 0.0 in the list (the λ = 0 share trains BN_c)")
@@ -383,8 +464,6 @@ def _check_method(job: JobConfig) -> None:
             _fail("method.zero_fraction", f"{zf} must lie strictly between 0 and 1")
     if m.encoding in ("rand", "onehot", "dct") and m.dim < len(meth.lambda_choices):
         _fail("model.dim", f"{m.dim} is smaller than the number of λ choices ({len(meth.lambda_choices)})")
-    if m.dropout is not None and not 0.0 <= m.dropout < 1.0:
-        _fail("model.dropout", f"{m.dropout} must lie in [0, 1)")
     if m.backbone == "resnet" and not m.blocks:
         _fail("model.blocks", "backbone 'resnet' needs blocks, e.g. [2, 2, 2, 2]")
     if m.backbone == "wrn" and (m.depth is None or (m.depth - 4) % 6 != 0):
@@ -398,9 +477,6 @@ def _check_widths(job: JobConfig) -> None:
     if not slimmable and len(widths) != 1:
         _fail("model.widths", f"{widths}: only OATS trains several widths; PGDAT and OAT take one width "
                               "multiplier, e.g. [1.0] or [0.5]")
-    for i, w in enumerate(widths):
-        if not 0.0 < w <= 1.0:
-            _fail(f"model.widths[{i}]", f"{w} must lie in (0, 1]")
     if slimmable and max(widths) != 1.0:
         _fail("model.widths", f"{widths} must include 1.0 (the full network)")
     for i, w in enumerate(job.eval.strong_widths or []):
@@ -409,26 +485,12 @@ def _check_widths(job: JobConfig) -> None:
 
 
 def _check_counts(job: JobConfig) -> None:
-    for key, val in (("attack.steps", job.attack.steps), ("train.epochs", job.train.epochs),
-                     ("train.batch_size", job.train.batch_size), ("eval.batch_size", job.eval.batch_size),
-                     ("eval.every", job.eval.every), ("eval.test_steps", job.eval.test_steps),
-                     ("ray.num_workers", job.ray.num_workers), ("data.workers", job.data.workers or 1),
-                     ("train.accumulate", job.train.accumulate),
-                     ("ray.checkpoints_to_keep", job.ray.checkpoints_to_keep)):
-        if val < 1:
-            _fail(key, f"{val} must be >= 1")
+    """What the bounded types cannot say alone (each count's own bound is in the schema)."""
     if job.train.batch_size % job.train.accumulate:
         _fail("train.accumulate", f"{job.train.accumulate} does not divide train.batch_size={job.train.batch_size}")
-    if job.attack.eps < 0:
-        _fail("attack.eps", f"{job.attack.eps} must be >= 0")
-    if job.attack.warmup_epochs < 0:
-        _fail("attack.warmup_epochs", f"{job.attack.warmup_epochs} must be >= 0")
-    if job.optim.lr <= 0:
-        _fail("optim.lr", f"{job.optim.lr} must be > 0")
-    if job.ray.max_failures < -1:
-        _fail("ray.max_failures", f"{job.ray.max_failures} must be >= -1 (-1: retry without limit)")
-    if job.ray.cpus_per_worker <= 0:
-        _fail("ray.cpus_per_worker", f"{job.ray.cpus_per_worker} must be > 0")
+    if job.train.batch_size < job.ray.num_workers * job.train.accumulate:
+        _fail("train.batch_size", f"{job.train.batch_size} is smaller than ray.num_workers × train.accumulate = "
+                                  f"{job.ray.num_workers * job.train.accumulate}: every micro-batch needs an image")
 
 
 def _check_evaluation(job: JobConfig) -> None:
@@ -452,26 +514,17 @@ def _check_pipeline(job: JobConfig) -> None:
         _fail("pipeline.stages", f"{pl.stages} repeats a stage")
     if "compare" in pl.stages and ("sweep" not in pl.stages or not {"oat", "oats"} & set(pl.stages)):
         _fail("pipeline.stages", "compare needs the sweep stage and an oat or oats stage")
-    if not pl.oats_widths or max(pl.oats_widths) != 1.0 or min(pl.oats_widths) <= 0:
-        _fail("pipeline.oats_widths", f"{pl.oats_widths} must lie in (0, 1] and include 1.0")
+    if max(pl.oats_widths) != 1.0:
+        _fail("pipeline.oats_widths", f"{pl.oats_widths} must include 1.0 (the full network)")
 
 
 def _check_sweep(job: JobConfig) -> None:
     sw = job.sweep
-    for i, lam in enumerate(sw.lambdas or []):
-        if not 0.0 <= lam <= 1.0:
-            _fail(f"sweep.lambdas[{i}]", f"{lam} is outside [0, 1]")
-    if not sw.widths or len(set(sw.widths)) != len(sw.widths):
-        _fail("sweep.widths", f"{sw.widths} must be a non-empty list without repeats")
-    for i, w in enumerate(sw.widths):
-        if not 0.0 < w <= 1.0:
-            _fail(f"sweep.widths[{i}]", f"{w} must lie in (0, 1]")
-    if sw.num_workers is not None and sw.num_workers < 1:
-        _fail("sweep.num_workers", f"{sw.num_workers} must be >= 1")
-    if sw.max_concurrent_trials < 1:
-        _fail("sweep.max_concurrent_trials", f"{sw.max_concurrent_trials} must be >= 1")
-    if sw.max_failures < -1:
-        _fail("sweep.max_failures", f"{sw.max_failures} must be >= -1 (-1: retry without limit)")
+    for key, values in (("sweep.lambdas", sw.lambdas or []), ("sweep.widths", sw.widths),
+                        ("model.widths", job.model.widths or []), ("eval.lambdas", job.eval.lambdas or []),
+                        ("eval.widths", job.eval.widths or [])):
+        if len(set(values)) != len(values):
+            _fail(key, f"{values} repeats a value")
 
 
 def _check_operations(job: JobConfig) -> None:
@@ -483,17 +536,9 @@ def _check_operations(job: JobConfig) -> None:
             Cron.parse(job.schedule)
         except CronError as exc:
             _fail("schedule", str(exc))
-    rt = job.retrain
-    if rt.max_age_days is not None and rt.max_age_days <= 0:
-        _fail("retrain.max_age_days", f"{rt.max_age_days} must be > 0 (null: retrain only on new data)")
-    if rt.max_sa_drop < 0 or rt.max_ra_drop < 0:
-        _fail("retrain.max_sa_drop" if rt.max_sa_drop < 0 else "retrain.max_ra_drop", "must be >= 0 (points)")
     t = job.tracking
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]{0,254}", t.alias) or re.fullmatch(r"latest|v\d+", t.alias):
         _fail("tracking.alias", f"{t.alias!r}: letters, digits, _ and - (not 'latest' or v<number>)")
-    if t.system_metrics_interval <= 0 or t.flush_timeout_s < 0:
-        _fail("tracking.system_metrics_interval" if t.system_metrics_interval <= 0 else "tracking.flush_timeout_s",
-              "must be > 0 (flush_timeout_s: >= 0)")
     if not t.experiment.strip():
         _fail("tracking.experiment", "must not be empty")
 
@@ -554,12 +599,16 @@ def load_job(path: str | Path | None, overrides: Iterable[str] = ()) -> JobConfi
     data: Any = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"job file {str(p)!r} is a folder; a job YAML file is expected (jobs/*.yaml)")
         if not p.is_file():
             raise ConfigError(f"job file {str(p)!r} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"{p}: not a text file (a job is YAML in UTF-8)") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{p}: not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: a job file is a mapping of sections (data, model, method, ...)")
     return job_from_dict(data, overrides)

@@ -65,3 +65,51 @@ def test_train_then_evaluate(tmp_path, capsys):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     assert main(["evaluate", str(tmp_path / "bad.pt")]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def test_every_timeout_is_read_from_its_variable_and_a_bad_value_is_named(monkeypatch):
+    from pipeline.timeouts import TIMEOUTS, timeout_s
+
+    for service, (var, default) in TIMEOUTS.items():
+        monkeypatch.delenv(var, raising=False)
+        assert 0 < timeout_s(service) == default <= 30
+        monkeypatch.setenv(var, "3.5")
+        assert timeout_s(service) == 3.5
+        for bad in ("-1", "0", "nan", "soon"):
+            monkeypatch.setenv(var, bad)
+            with pytest.raises(ValueError, match=f"^{var}="):
+                timeout_s(service)
+
+
+def test_a_bad_mlflow_tracking_uri_in_the_environment_is_named(monkeypatch):
+    from pipeline.platform.tracking import TrackingError, resolve_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "ftp://x/y")
+    with pytest.raises(TrackingError, match=r"^MLFLOW_TRACKING_URI: 'ftp://x/y': MLflow cannot track into"):
+        resolve_uri(None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_uri(None) == "http://127.0.0.1:5000"
+
+
+@pytest.mark.integration
+def test_a_ray_address_that_accepts_but_never_answers_is_refused_after_the_timeout(tmp_path):
+    """The connect watchdog: a socket listens at the address (a TCP probe succeeds) but no Ray answers there; Ray
+    would retry for minutes. Its time is measured in benchmarks/results/fuzz.md, not asserted here."""
+    import socket
+    import subprocess
+    import sys
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    addr = f"127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        r = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "jobs/digits_oat.yaml", "--address", addr,
+                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                           env={**__import__("os").environ, "OAT_RAY_CONNECT_TIMEOUT_S": "2"})
+    finally:
+        silent.close()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"oat: error: cannot join the Ray cluster at {addr} within 2 s (no Ray GCS answered)" in r.stderr
+    assert "Traceback" not in r.stderr and "rpc_client" not in r.stderr and "gcs_client" not in r.stderr
+    assert not (tmp_path / "out").exists()

@@ -257,6 +257,15 @@ def test_model_served_over_rest_answers_with_the_chosen_lambda(tracked, mlflow_u
         with pytest.raises(urllib.error.HTTPError) as err:
             ask({"lam": 0.7})
         assert err.value.code == 400 and "was not trained" in err.value.read().decode()
+        with pytest.raises(urllib.error.HTTPError) as err:  # λ is required (the signature's default is None)
+            ask({})
+        assert err.value.code == 400 and "params.lam is required" in err.value.read().decode()
+        x[0, 0, 0, 0] = float("nan")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            ask({"lam": 1.0})
+        assert err.value.code == 400 and "NaN or infinite" in err.value.read().decode()
+        x[0, 0, 0, 0] = 0.5
+        assert ask({"lam": 1.0}).shape == (3, 10)  # still serving
     finally:  # `mlflow models serve` starts its server in a process group of its own: stop the whole tree
         import psutil
 

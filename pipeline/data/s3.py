@@ -21,6 +21,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pipeline.timeouts import timeout_s
+
 CHUNK = 16 * 1024 * 1024
 
 
@@ -56,12 +58,12 @@ def _where() -> str:
 
 
 @lru_cache(maxsize=8)
-def _client(ep: str | None, identity: str, region: str) -> Any:
+def _client(ep: str | None, identity: str, region: str, connect_s: float) -> Any:
     import boto3
     from botocore.config import Config
 
     cfg = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"},
-                 connect_timeout=5, read_timeout=60)
+                 connect_timeout=connect_s, read_timeout=60)
     return boto3.session.Session().client("s3", endpoint_url=ep, region_name=region, config=cfg)
 
 
@@ -70,7 +72,7 @@ def client() -> Any:
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or "us-east-1"
     identity = hashlib.sha256("\0".join(os.environ.get(k, "") for k in (
         "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")).encode()).hexdigest()
-    return _client(endpoint(), identity, region)
+    return _client(endpoint(), identity, region, timeout_s("s3"))
 
 
 def explain(exc: BaseException, url: str) -> StorageError:

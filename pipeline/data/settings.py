@@ -91,6 +91,29 @@ Text = Annotated[str, BeforeValidator(_text)]
 Number = Annotated[float, BeforeValidator(_number), WithJsonSchema(
     {"anyOf": [{"type": "number"}, {"type": "string", "pattern": FRACTION, "description": "a fraction, e.g. 8/255"}]})]
 
+def _ints(**limits: int) -> WithJsonSchema:
+    return WithJsonSchema({"type": "integer", **limits})
+
+
+def _nums(**limits: float) -> WithJsonSchema:
+    """A bounded number's JSON Schema: the bounds on its number form (a fraction string is checked once read)."""
+    return WithJsonSchema({"anyOf": [{"type": "number", **limits}, {
+        "type": "string", "pattern": FRACTION, "description": "a fraction, e.g. 8/255"}]})
+
+
+# Bounded scalars: the bound is checked at load (the key, the value and the bound named) and stated in the JSON
+# Schema (jobs/schema.json), so each range rule lives once and a generated bad value can be derived from it.
+Count = Annotated[int, BeforeValidator(_integer), Field(ge=1), _ints(minimum=1)]  # steps, epochs, batches, workers
+AtLeastZero = Annotated[int, BeforeValidator(_integer), Field(ge=0), _ints(minimum=0)]  # seeds, warm-up epochs
+Retries = Annotated[int, BeforeValidator(_integer), Field(ge=-1), _ints(minimum=-1)]  # -1: without limit
+Unit = Annotated[float, BeforeValidator(_number), Field(ge=0.0, le=1.0), _nums(minimum=0.0, maximum=1.0)]  # λ
+Width = Annotated[float, BeforeValidator(_number), Field(gt=0.0, le=1.0), _nums(exclusiveMinimum=0.0, maximum=1.0)]
+NonNegative = Annotated[float, BeforeValidator(_number), Field(ge=0.0), _nums(minimum=0.0)]
+Positive = Annotated[float, BeforeValidator(_number), Field(gt=0.0), _nums(exclusiveMinimum=0.0)]
+Share = Annotated[float, BeforeValidator(_number), Field(ge=0.0, lt=1.0), _nums(minimum=0.0, exclusiveMaximum=1.0)]
+Between = Annotated[float, BeforeValidator(_number), Field(gt=0.0, lt=1.0),  # strictly between 0 and 1
+                    _nums(exclusiveMinimum=0.0, exclusiveMaximum=1.0)]
+
 
 @dataclass(frozen=True)
 class OneOf:
@@ -164,6 +187,11 @@ def _describe(err: Any, root: type[BaseModel], prefix: str) -> str:
         return f"{where}: expected a section (mapping), got {value!r}"
     if kind == "list_type":
         return f"{where}: expected a list, got {value!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        (op, bound), = ((k, v) for k, v in err["ctx"].items() if k in ("ge", "gt", "le", "lt"))
+        return f"{where}: {value!r} must be {dict(ge='>=', gt='>', le='<=', lt='<')[op]} {bound:g}"
+    if kind == "too_short":
+        return f"{where}: an empty list; give at least {err['ctx'].get('min_length', 1)} value"
     return f"{where}: {err['msg']}"
 
 
@@ -200,7 +228,7 @@ class DataConfig(Section):
         default="data", description="where CIFAR-10 / SVHN / STL-10 files live (torchvision's on-disk formats)")
     download: Flag = Field(
         default=False, description="let torchvision download into root when missing (needs internet)")
-    val_size: Integer | None = Field(
+    val_size: Count | None = Field(
         default=None, description="held-out images at the end of train; null: the reference split of the data set")
     augment: Flag = Field(default=True, description="the reference train augmentation of the data set")
     loader: Literal["ffcv", "memory"] = Field(
@@ -208,5 +236,5 @@ class DataConfig(Section):
     beton: Text | None = Field(
         default=None, description="a prepared set (folder or s3://bucket/prefix); null: prepared into the cache")
     cache_dir: Text | None = Field(default=None, description="node-local cache; null: $OAT_CACHE_DIR or ~/.cache/oat")
-    workers: Integer | None = Field(
+    workers: Count | None = Field(
         default=None, description="FFCV decoding threads; null: train.threads, else the CPUs this process may use")

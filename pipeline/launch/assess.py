@@ -101,7 +101,7 @@ def assess(target: str | Path, *, attacks: Sequence[str] = ("pgd", "autoattack")
            log: Callable[[str], None] = print) -> Assessment:
     import torch
 
-    from pipeline.config import job_from_dict
+    from pipeline.config import ConfigError, derive_job, job_from_dict
     from pipeline.data import open_data
     from pipeline.files import load_checkpoint, resolve_checkpoint
     from pipeline.science.model import load_model
@@ -120,6 +120,11 @@ def assess(target: str | Path, *, attacks: Sequence[str] = ("pgd", "autoattack")
             model.condition(lam, w)
     norm = norm or job.attack.norm
     eps = float(eps if eps is not None else job.attack.eps)
+    if (norm, eps) != (job.attack.norm, job.attack.eps):  # the threat model's rules of a job (ε within the images)
+        try:
+            derive_job(job, {"attack.norm": norm, "attack.eps": eps, "attack.step_size": None})
+        except ConfigError as exc:
+            raise ConfigError(f"--eps {eps:g} --norm {norm}: {str(exc).partition(': ')[2]}") from None
     specs = [AttackSpec(a, norm, eps, steps, restarts if a == "pgd" else 1, seed) for a in attacks]
     data = open_data(job.data, threads=job.train.threads)
     bs = batch_size or job.eval.batch_size

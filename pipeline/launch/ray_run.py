@@ -36,6 +36,7 @@ from typing import Any
 
 from pipeline.config import JobConfig, job_from_dict
 from pipeline.data import s3 as storage
+from pipeline.launch.submit import ClusterError
 from pipeline.platform import tracking
 from pipeline.platform.tracking import RunInfo
 from pipeline.training.callbacks import Callback, RunContext, TrainResult
@@ -313,6 +314,83 @@ def storage_location(path: str | None) -> tuple[str | None, Any]:
     return f"{bucket}/{key}".rstrip("/"), pyarrow.fs.S3FileSystem(**kw)
 
 
+def _host_port(addr: str) -> tuple[str, int] | None:
+    """``host:port`` of a GCS (``ray start``) or Ray Client (``ray://``) address; None for ``auto`` and the like."""
+    rest = addr.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _cluster_error(addr: str, seconds: float, why: str) -> ClusterError:
+    return ClusterError(f"cannot join the Ray cluster at {addr} within {seconds:g} s ({why}): is `ray start --head` "
+                        "running there, and is the address (--address, RAY_ADDRESS) its GCS host:port (default port "
+                        "6379) or ray://host:10001? OAT_RAY_CONNECT_TIMEOUT_S waits longer")
+
+
+def probe_cluster(address: str | None) -> float:
+    """A TCP connection to the cluster at ``address`` (or $RAY_ADDRESS; none: a local Ray, nothing to probe) within
+    ``OAT_RAY_CONNECT_TIMEOUT_S``, before anything is written; :class:`ClusterError` if nothing listens there.
+    Returns the timeout."""
+    import socket
+
+    from pipeline.timeouts import timeout_s
+
+    seconds = timeout_s("ray")
+    addr = address or os.environ.get("RAY_ADDRESS") or None
+    hp = _host_port(addr) if addr else None
+    if addr and hp is not None:
+        try:
+            socket.create_connection(hp, timeout=seconds).close()
+        except OSError as exc:
+            raise _cluster_error(addr, seconds, getattr(exc, "strerror", None) or type(exc).__name__) from None
+    return seconds
+
+
+def join_cluster(addr: str, init_kwargs: dict[str, Any]) -> None:
+    """``ray.init(address=addr)`` that gives up after ``OAT_RAY_CONNECT_TIMEOUT_S`` with one :class:`ClusterError`,
+    where Ray itself retries for minutes and prints its GCS retry warnings. First a TCP connection to the address
+    (nothing listening is known at once); then ``ray.init`` under a watchdog, its C++ retry warnings discarded (its
+    exception, if it fails otherwise, is quoted). A process stuck inside Ray's connect past the timeout (in C, where no
+    exception reaches it) is ended with the same line and exit code 2: the CLI owns this process."""
+    import ray
+
+
+    seconds = probe_cluster(addr)
+    done, timed_out = threading.Event(), threading.Event()
+
+    def watchdog() -> None:
+        if done.wait(seconds):
+            return
+        timed_out.set()
+        import _thread
+
+        _thread.interrupt_main()  # ends Ray's Python-level retry loop at its next sleep
+        if not done.wait(2.0):
+            line = f"oat: error: {_cluster_error(addr, seconds, 'no Ray GCS answered')}\n"
+            os.write(saved, line.encode())  # the console's stderr: fd 2 holds Ray's chatter file meanwhile
+            os._exit(2)
+
+    with tempfile.TemporaryFile() as chatter:
+        saved = os.dup(2)
+        os.dup2(chatter.fileno(), 2)  # Ray's core worker writes its connect retries to fd 2 (rpc_client.h, gcs_client)
+        threading.Thread(target=watchdog, name="ray-connect-watchdog", daemon=True).start()
+        try:
+            ray.init(address=addr, **init_kwargs)
+        except KeyboardInterrupt:
+            if timed_out.is_set():
+                raise _cluster_error(addr, seconds, "no Ray GCS answered") from None
+            raise
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            raise _cluster_error(addr, seconds, str(exc).strip().splitlines()[0][:200] if str(exc) else
+                                 type(exc).__name__) from None
+        finally:
+            done.set()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def ray_init(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray. Either way Ray's own output stays
     in its log files (:class:`Console` brings back ours); the console says where they are."""
@@ -324,7 +402,7 @@ def ray_init(address: str | None = None) -> None:
     # ERROR: the driver's own Ray warnings (e.g. that token authentication is on) are Ray's business, not the user's
     quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if addr:
-        ray.init(address=addr, **quiet)
+        join_cluster(addr, quiet)
         print(f"[ray] joined the Ray cluster at {addr}; Ray's own logs stay on the cluster (`ray logs`, the "
               "dashboard)", flush=True)
     else:  # the embedded default: a local Ray on this machine, with its dashboard on a free loopback port: Ray
@@ -392,6 +470,7 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     run_name = name or r.name or job.name
     where = storage_path or r.storage_path or "~/ray_results"
     spath, fs = storage_location(storage_path or r.storage_path)
+    probe_cluster(address)  # an unreachable cluster fails before the MLflow run is begun
     # before Ray starts anything: a bad URI or store fails here
     info = begin_tracking(job, run_name, where, source=source, tags=tags)
     ray_init(address)

@@ -27,6 +27,10 @@ class SubmitError(RuntimeError):
     """The cluster's job API unreachable, or a job that failed."""
 
 
+class ClusterError(RuntimeError):
+    """A Ray cluster to join that does not answer within ``OAT_RAY_CONNECT_TIMEOUT_S`` (``oat run``, ``oat sweep``)."""
+
+
 def entrypoint(job: str, overrides: Sequence[str] = (), name: str | None = None, storage: str | None = None) -> str:
     args = ["oat", "run", job]
     for o in overrides:
@@ -38,11 +42,14 @@ def entrypoint(job: str, overrides: Sequence[str] = (), name: str | None = None,
     return shlex.join(args)
 
 
-def _probe(addr: str, timeout: float = 5.0) -> None:
+def _probe(addr: str) -> None:
     """Fail in seconds, not after the client's minutes of retries, when nothing answers at ``addr``."""
     import urllib.error
     import urllib.request
 
+    from pipeline.timeouts import timeout_s
+
+    timeout = timeout_s("job_api")
     url = addr if "://" in addr else f"http://{addr}"
     try:
         urllib.request.urlopen(f"{url.rstrip('/')}/api/version", timeout=timeout).close()
@@ -50,8 +57,9 @@ def _probe(addr: str, timeout: float = 5.0) -> None:
         return  # something answered (e.g. 401 without a token): let the client say more
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SubmitError(f"cannot reach Ray's job API at {addr} ({reason}): is the head node's dashboard "
-                          "running? (ray start --head --include-dashboard=true)") from None
+        raise SubmitError(f"cannot reach Ray's job API at {addr} within {timeout:g} s ({reason}): is the head "
+                          "node's dashboard running? (ray start --head --include-dashboard=true; "
+                          "OAT_JOB_API_TIMEOUT_S waits longer)") from None
 
 
 def submit(job: str, overrides: Sequence[str] = (), *, address: str | None = None, wait: bool = True,

@@ -2,7 +2,9 @@
 
 ``predict(images, params={"lam": 0.3, "width": 0.75})`` returns class probabilities of the model conditioned on
 that λ (and width, for OATS): one registered model answers at any trained point. Images are float32 in [0, 1],
-shape (N, C, H, W) (or (N, C·H·W)). An untrained λ or width is refused with the trained ones listed.
+shape (N, C, H, W) (or (N, C·H·W)), at most :data:`MAX_BATCH` per request; ``lam`` is required. A request without
+``lam``, an untrained λ or width (the trained ones listed), NaN, infinite or out-of-range pixels, an empty or
+oversized batch are refused (HTTP 400 from ``mlflow models serve``) with the reason.
 
 The model is saved as *code + weights*: ``serving_model.py`` (MLflow's models-from-code; no pickled objects of
 ours), the part of this package that serving needs under ``code/`` (the science core, the checkpoint reader and
@@ -56,7 +58,6 @@ class OATPyfunc(PythonModel):
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         self.model = load_model(context.artifacts["checkpoint"], "cpu")
-        self.default_lam = float(self.model.lambdas[0])
         self.default_width = float(max(self.model.widths))
 
     def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
@@ -64,21 +65,60 @@ class OATPyfunc(PythonModel):
         import torch
         from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
+        def refuse(msg: str) -> MlflowException:
+            return MlflowException(msg, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from the scoring server
+
         params = params or {}
-        lam = float(params.get("lam", self.default_lam))
-        width = float(params.get("width", self.default_width))
+        trained = ", ".join(f"{v:g}" for v in self.model.lambdas)
+        if params.get("lam") is None:  # the signature's default is None: a request must say which λ it wants
+            raise refuse(f"params.lam is required: the trade-off λ to answer at, one of the trained [{trained}]")
+        lam, width = _param(params, "lam", refuse), _param(params, "width", refuse, self.default_width)
         try:
             net = self.model.at(lam, width)
         except ValueError as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
+            raise refuse(str(exc)) from None
         try:
+            x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
             x = x.reshape(-1, *self.model.input_shape)
-        except ValueError:
-            raise MlflowException(f"expected images of shape (N, {', '.join(map(str, self.model.input_shape))}), "
-                                  f"got {tuple(x.shape)}", error_code=INVALID_PARAMETER_VALUE) from None
+        except (ValueError, TypeError):
+            raise refuse(f"expected images of shape (N, {', '.join(map(str, self.model.input_shape))}), got "
+                         f"{tuple(np.shape(model_input))}") from None
+        check_images(x, refuse)
         with torch.inference_mode():
             return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))), dim=1).numpy()
+
+
+# the most images one request may carry (a bigger batch is refused, not queued: split it); 1,024 CIFAR-10 images
+# are 12 MB of float32, an STL-10 batch 113 MB
+MAX_BATCH = 1024
+
+
+def _param(params: dict[str, Any], name: str, refuse: Any, default: float | None = None) -> float:
+    import math
+
+    raw = params.get(name, default)
+    try:
+        value = float(raw)  # type: ignore[arg-type]  # None and the like: TypeError, refused below
+    except (TypeError, ValueError):
+        raise refuse(f"params.{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise refuse(f"params.{name}={raw!r}: expected a finite number")
+    return value
+
+
+def check_images(x: np.ndarray, refuse: Any) -> None:
+    """What a served model refuses (HTTP 400, the reason named): an empty or oversized batch, NaN or infinite
+    pixels, pixels outside [0, 1] (the model's input range: 0-255 images must be divided by 255)."""
+    if x.shape[0] == 0:
+        raise refuse("an empty batch: send at least one image")
+    if x.shape[0] > MAX_BATCH:
+        raise refuse(f"{x.shape[0]} images in one request; at most {MAX_BATCH} (split the batch)")
+    finite = np.isfinite(x)
+    if not finite.all():
+        raise refuse(f"{int(x.size - finite.sum())} pixel(s) are NaN or infinite")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise refuse(f"pixels must lie in [0, 1] (this batch: {lo:g} to {hi:g}); divide 0-255 images by 255")
 
 
 def signature_for(model: Any) -> Any:
@@ -89,7 +129,8 @@ def signature_for(model: Any) -> Any:
     k = int(model.spec.num_classes)
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, c, h, w))]),
                           outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, k))]),
-                          params=ParamSchema([ParamSpec("lam", "float", float(model.lambdas[0])),
+                          # lam: no default (None, refused by predict): a request must name its λ
+                          params=ParamSchema([ParamSpec("lam", "float", None),
                                               ParamSpec("width", "float", float(max(model.widths)))]))
 
 

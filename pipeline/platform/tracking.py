@@ -126,7 +126,12 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 def resolve_uri(uri: str | None) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a local store (``sqlite:///mlflow.db`` here)."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri and (env := os.environ.get("MLFLOW_TRACKING_URI")):
+        from pipeline.config import tracking_uri_problem
+
+        if why := tracking_uri_problem(env):
+            raise TrackingError(f"MLFLOW_TRACKING_URI: {why}")
+        uri = env
     if not uri:
         uri = "sqlite:///mlflow.db"
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # a submitted job's working dir is temporary
@@ -141,7 +146,9 @@ def resolve_uri(uri: str | None) -> str:
 def _quiet_client_env() -> None:
     """Fail fast, and let our own loop retry: MLflow's client otherwise retries each request for minutes."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    from pipeline.timeouts import timeout_s
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", f"{max(1, round(timeout_s('mlflow')))}")
     # our own progress lines say where the run is; MLflow would print a URL per run it ends
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -612,8 +619,8 @@ class MlflowCallback(Callback):
     the end go through the :class:`Tracker`'s outbox."""
 
     def __init__(self, job: JobConfig, out: Path, *, info: RunInfo | None = None, resume: bool = True):
+        tracker = start_tracker(job, out, info=info, resume=resume)  # an unreachable server: nothing written yet
         out.mkdir(parents=True, exist_ok=True)
-        tracker = start_tracker(job, out, info=info, resume=resume)
         assert tracker is not None, "MlflowCallback needs tracking.enabled"
         self.tracker = tracker
 
