@@ -50,7 +50,7 @@ __all__ = ["REFERENCE_BACKBONE", "REFERENCE_LAMBDAS", "REFERENCE_VAL_SIZE", "REF
            "ConfigError", "DataConfig", "EvalConfig", "JobConfig", "MethodConfig", "ModelConfig", "OptimConfig",
            "PipelineConfig", "RayConfig", "RetrainConfig", "SweepConfig", "TrackingConfig", "TrainConfig",
            "config_help", "default_step_size", "derive_job", "job_from_dict", "job_schema", "load_job", "main",
-           "parse_override", "schema_text", "tracking_uri_problem", "uri_scheme"]
+           "parse_override", "schema_text", "tracking_uri_problem", "uri_scheme", "LOCATION_SCHEMES"]
 
 REFERENCE_LAMBDAS = [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]
 REFERENCE_WIDTHS = [0.5, 0.75, 1.0]
@@ -234,7 +234,7 @@ class RayConfig(Section):
     use_gpu: Flag = Field(default=False, description="one GPU per worker, NCCL; otherwise gloo on CPU")
     cpus_per_worker: Positive = Field(
         default=1.0, description="CPUs per worker; also the worker's torch threads and FFCV decoding threads")
-    gpus_per_worker: Positive = Field(default=1.0, description="GPUs per worker (with use_gpu)")
+    gpus_per_worker: NonNegative = Field(default=1.0, description="GPUs per worker (with use_gpu)")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         default="PACK", description="Ray placement strategy of the worker group")
     max_failures: Retries = Field(
@@ -390,16 +390,19 @@ def _check_threat_model(job: JobConfig) -> None:
                                     "(0.5 is CIFAR-10's)")
     if not 0.0 <= a.eps <= bound:
         _fail("attack.eps", f"{a.eps:g} is outside [0, {bound:.4g}]: {what}")
-    assert a.step_size is not None, "resolve() fills attack.step_size"
-    if not 0.0 <= a.step_size <= bound:
-        _fail("attack.step_size", f"{a.step_size:g} is outside [0, {bound:.4g}] ({a.norm}, images in [0, 1])")
 
 
 # URI schemes each location accepts ("" = a local path); MLflow's are SQLAlchemy dialects (postgresql+psycopg2: the
-# part before "+") and its HTTP server; the file store is refused by MLflow 3 unless MLFLOW_ALLOW_FILE_STORE is set
+# part before "+") and its HTTP server; its file store ("" or file) is refused by MLflow 3 unless
+# MLFLOW_ALLOW_FILE_STORE is true, which is checked where the URI is used (tracking_uri_problem), not in the job
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 FOLDER_SCHEMES = ("", "s3")  # ray.storage_path, data.beton
-INIT_SCHEMES = ("", "s3", "runs", "models")  # train.init_from
+# train.init_from: a local file, or what mlflow.artifacts.download_artifacts fetches
+INIT_SCHEMES = ("", "s3", "runs", "models", "file", "http", "https", "mlflow-artifacts", "gs", "wasbs", "hdfs", "ftp",
+                "sftp", "dbfs")
+LOCATION_SCHEMES: dict[str, tuple[str, ...]] = {
+    "tracking.uri": (*TRACKING_SCHEMES, "", "file"), "ray.storage_path": FOLDER_SCHEMES, "data.beton": FOLDER_SCHEMES,
+    "train.init_from": INIT_SCHEMES, "data.root": ("",), "data.cache_dir": ("",), "retrain.folder": ("",)}
 
 
 def uri_scheme(uri: str) -> str:
@@ -407,18 +410,19 @@ def uri_scheme(uri: str) -> str:
     m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):/", uri)
     if m is None or re.match(r"^[A-Za-z]:[\\/]", uri):  # C:\ is a Windows path, not a scheme
         return ""
-    return m.group(1).split("+")[0].lower()
+    return m.group(1).split("+")[0]  # as written: S3:// is not s3:// to boto3 or to pyarrow
 
 
 def tracking_uri_problem(uri: str) -> str | None:
-    """Why MLflow cannot track into ``uri`` (None: it can, as far as its form goes)."""
+    """Why MLflow cannot track into ``uri`` here and now (None: it can, as far as its form goes); where a URI is used
+    (the CLI's --mlflow, the tracking client), as it reads the environment."""
     import os
 
     scheme = "databricks" if uri.strip() == "databricks" else uri_scheme(uri)
     if scheme in TRACKING_SCHEMES:
         return None
     if scheme in ("", "file"):
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true", "yes"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true"):  # MLflow's own reading
             return None
         return (f"{uri!r} is MLflow's file store, which MLflow 3 keeps in maintenance mode: use sqlite:///PATH.db or "
                 "an http(s):// tracking server (MLFLOW_ALLOW_FILE_STORE=true lets MLflow use it anyway)")
@@ -428,25 +432,25 @@ def tracking_uri_problem(uri: str) -> str | None:
 
 def _check_locations(job: JobConfig) -> None:
     """Each URI by its scheme, each local folder by its kind (an existing file is not a folder)."""
-    t = job.tracking
-    if t.uri and (why := tracking_uri_problem(t.uri)):
-        _fail("tracking.uri", why)
-    for key, value, schemes in (("ray.storage_path", job.ray.storage_path, FOLDER_SCHEMES),
-                                ("data.beton", job.data.beton, FOLDER_SCHEMES),
-                                ("train.init_from", job.train.init_from, INIT_SCHEMES),
-                                ("data.root", job.data.root, ("",)), ("data.cache_dir", job.data.cache_dir, ("",)),
-                                ("retrain.folder", job.retrain.folder, ("",))):
+    values = {"tracking.uri": job.tracking.uri, "ray.storage_path": job.ray.storage_path, "data.beton": job.data.beton,
+              "train.init_from": job.train.init_from, "data.root": job.data.root, "data.cache_dir": job.data.cache_dir,
+              "retrain.folder": job.retrain.folder}
+    for key, value in values.items():
+        schemes = LOCATION_SCHEMES[key]
+        if key == "tracking.uri" and value == "":
+            continue  # "": $MLFLOW_TRACKING_URI, else the local store, as null
         if not value:
             if value == "":
                 _fail(key, "an empty string; give a path" + (" or a URI" if len(schemes) > 1 else ""))
             continue
         scheme = uri_scheme(value)
         if scheme not in schemes:
-            allowed = ", ".join("a local path" if x == "" else f"{x}:{'//' if x == 's3' else '/'}…" for x in schemes)
+            allowed = ", ".join("a local path" if x == "" else f"{x}:{'/' if x in ('runs', 'models') else '//'}…"
+                                for x in schemes)
             _fail(key, f"{value!r}: {scheme or 'that'} is not allowed here; allowed: {allowed}")
         if "\0" in value:
             _fail(key, f"{value!r} holds a NUL character")
-        if scheme == "" and key != "train.init_from" and Path(value).expanduser().is_file():
+        if scheme == "" and key not in ("train.init_from", "tracking.uri") and Path(value).expanduser().is_file():
             _fail(key, f"{value!r} is a file; a folder is expected here")
 
 
@@ -491,6 +495,8 @@ def _check_counts(job: JobConfig) -> None:
     if job.train.batch_size < job.ray.num_workers * job.train.accumulate:
         _fail("train.batch_size", f"{job.train.batch_size} is smaller than ray.num_workers × train.accumulate = "
                                   f"{job.ray.num_workers * job.train.accumulate}: every micro-batch needs an image")
+    if job.ray.use_gpu and job.ray.gpus_per_worker <= 0:
+        _fail("ray.gpus_per_worker", f"{job.ray.gpus_per_worker:g}: ray.use_gpu needs a GPU share per worker (> 0)")
 
 
 def _check_evaluation(job: JobConfig) -> None:

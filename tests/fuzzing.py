@@ -16,7 +16,7 @@ Every generated case is invalid by construction:
 Invariants of a refused invocation (:func:`check_refusal`): exit code 2; stderr holds ``oat: error:`` (or
 argparse's usage error) naming the offending key, option or path; no traceback; nothing created or changed in the
 sandbox (the output paths and the working dir); no training and no Ray started (tripwires on ``fit`` and
-``ray_init``, :func:`tripwires`: the refusal must come before them).
+``ray.init``, :func:`tripwires`: the refusal must come before them).
 
 * **REST requests** to the served model, through MLflow's own scoring code (``scoring_server.invocations``, what
   ``mlflow models serve`` runs per request, with its exception-to-status mapping): wrong shapes and dtypes, NaN,
@@ -272,10 +272,10 @@ def broken_jobs(draw: st.DrawFn) -> tuple[str, dict[str, Any] | str, list[str]]:
         job["attack"].update(norm=norm, eps=eps)
         return kind, job, ["attack.eps"]
     if kind == "uri":
-        key = draw(st.sampled_from(["tracking.uri", "ray.storage_path", "data.beton", "train.init_from", "data.root"]))
-        scheme = draw(st.from_regex(r"[a-z]{2,8}", fullmatch=True).filter(
-            lambda s: s not in ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "s3", "runs",
-                                "models", "file")))
+        from pipeline.config import LOCATION_SCHEMES
+
+        key = draw(st.sampled_from(sorted(LOCATION_SCHEMES)))
+        scheme = draw(st.from_regex(r"[a-z]{2,8}", fullmatch=True).filter(lambda s: s not in LOCATION_SCHEMES[key]))
         section, name = key.split(".")
         job.setdefault(section, {})[name] = f"{scheme}://host/x"
         return kind, job, [key]
@@ -444,17 +444,19 @@ class TrainingStarted(AssertionError):
 
 @contextlib.contextmanager
 def tripwires() -> Iterator[None]:
-    """Make ``fit`` (the training loop) and ``ray_init`` raise :class:`TrainingStarted` while a case runs: a refusal
+    """Make ``fit`` (the training loop) and ``ray.init`` raise :class:`TrainingStarted` while a case runs: a refusal
     must come before either. Not a mock of what is tested: what is tested is that they are never reached."""
     # every module that binds the name, imported before the patch (one imported while it is in place would keep
     # the tripwire for good)
-    from pipeline.launch import local, ray_run
+    import ray
+
+    from pipeline.launch import local
     from pipeline.training import loop
 
     def tripped(*_: Any, **__: Any) -> Any:
         raise TrainingStarted("a generated bad case reached training or Ray")
 
-    sites = [(loop, "fit"), (local, "fit"), (ray_run, "ray_init")]
+    sites = [(loop, "fit"), (local, "fit"), (ray, "init")]  # ray.init: a local start or a join past the TCP probe
     saved = [getattr(mod, name) for mod, name in sites]
     for mod, name in sites:
         setattr(mod, name, tripped)

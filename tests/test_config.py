@@ -68,7 +68,7 @@ def test_bad_value_names_allowed_values():
     ({"attack": {"eps": 30, "norm": "l2"}, "data": {"dataset": "digits"}}, r"attack.eps: 30 is outside \[0, 8\]"),
     ({"method": {"lambda_choices": []}}, r"method.lambda_choices: an empty list"),
     ({"ray": {"num_workers": 4}, "train": {"batch_size": 2}}, r"train.batch_size: 2 is smaller than"),
-    ({"tracking": {"uri": "ftp://x/y"}}, r"tracking.uri: 'ftp://x/y': MLflow cannot track into a ftp:// URI"),
+    ({"tracking": {"uri": "ftp://x/y"}}, r"tracking.uri: 'ftp://x/y': ftp is not allowed here; allowed: http://…"),
     ({"ray": {"storage_path": "gs://b/p"}}, r"ray.storage_path: 'gs://b/p': gs is not allowed here"),
     ({"train": {"epochs": 0}}, r"train.epochs: 0 must be >= 1"),
     ({"eval": {"lambdas": [0.25]}}, r"eval.lambdas\[0\]: 0.25 is not a trained λ"),

@@ -111,8 +111,6 @@ Width = Annotated[float, BeforeValidator(_number), Field(gt=0.0, le=1.0), _nums(
 NonNegative = Annotated[float, BeforeValidator(_number), Field(ge=0.0), _nums(minimum=0.0)]
 Positive = Annotated[float, BeforeValidator(_number), Field(gt=0.0), _nums(exclusiveMinimum=0.0)]
 Share = Annotated[float, BeforeValidator(_number), Field(ge=0.0, lt=1.0), _nums(minimum=0.0, exclusiveMaximum=1.0)]
-Between = Annotated[float, BeforeValidator(_number), Field(gt=0.0, lt=1.0),  # strictly between 0 and 1
-                    _nums(exclusiveMinimum=0.0, exclusiveMaximum=1.0)]
 
 
 @dataclass(frozen=True)

@@ -329,6 +329,12 @@ def _cluster_error(addr: str, seconds: float, why: str) -> ClusterError:
                         "6379) or ray://host:10001? OAT_RAY_CONNECT_TIMEOUT_S waits longer")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: ``address``, else $RAY_ADDRESS; None (or ``local``): start a local Ray."""
+    addr = (address or os.environ.get("RAY_ADDRESS") or "").strip()
+    return None if addr in ("", "local") else addr
+
+
 def probe_cluster(address: str | None) -> float:
     """A TCP connection to the cluster at ``address`` (or $RAY_ADDRESS; none: a local Ray, nothing to probe) within
     ``OAT_RAY_CONNECT_TIMEOUT_S``, before anything is written; :class:`ClusterError` if nothing listens there.
@@ -338,9 +344,14 @@ def probe_cluster(address: str | None) -> float:
     from pipeline.timeouts import timeout_s
 
     seconds = timeout_s("ray")
-    addr = address or os.environ.get("RAY_ADDRESS") or None
-    hp = _host_port(addr) if addr else None
-    if addr and hp is not None:
+    addr = cluster_address(address)
+    if addr is None:
+        return seconds
+    if addr.startswith(("http://", "https://")):
+        raise ClusterError(f"{addr} is a dashboard (job API) URL: `oat submit --address {addr}` sends a job there; "
+                           "`oat run --address` joins the cluster's GCS, host:6379 (or ray://host:10001)")
+    hp = _host_port(addr)
+    if hp is not None:
         try:
             socket.create_connection(hp, timeout=seconds).close()
         except OSError as exc:
@@ -354,41 +365,56 @@ def join_cluster(addr: str, init_kwargs: dict[str, Any]) -> None:
     (nothing listening is known at once); then ``ray.init`` under a watchdog, its C++ retry warnings discarded (its
     exception, if it fails otherwise, is quoted). A process stuck inside Ray's connect past the timeout (in C, where no
     exception reaches it) is ended with the same line and exit code 2: the CLI owns this process."""
+    import _thread
+
     import ray
 
-
     seconds = probe_cluster(addr)
-    done, timed_out = threading.Event(), threading.Event()
+    lock, returned, timed_out = threading.Lock(), threading.Event(), threading.Event()
+    console = os.dup(2)  # the watchdog's own copy of the console's stderr: it closes it, nobody else does
 
     def watchdog() -> None:
-        if done.wait(seconds):
-            return
-        timed_out.set()
-        import _thread
+        try:
+            if returned.wait(seconds):
+                return
+            with lock:  # never interrupt a ray.init that has returned
+                if returned.is_set():
+                    return
+                timed_out.set()
+                _thread.interrupt_main()  # ends Ray's Python-level retry loop at its next sleep
+            if not returned.wait(2.0):
+                line = f"oat: error: {_cluster_error(addr, seconds, 'no Ray GCS answered')}\n"
+                os.write(console, line.encode())  # fd 2 holds Ray's chatter file meanwhile
+                os._exit(2)
+        finally:
+            os.close(console)
 
-        _thread.interrupt_main()  # ends Ray's Python-level retry loop at its next sleep
-        if not done.wait(2.0):
-            line = f"oat: error: {_cluster_error(addr, seconds, 'no Ray GCS answered')}\n"
-            os.write(saved, line.encode())  # the console's stderr: fd 2 holds Ray's chatter file meanwhile
-            os._exit(2)
-
+    error: ClusterError | None = None
     with tempfile.TemporaryFile() as chatter:
         saved = os.dup(2)
         os.dup2(chatter.fileno(), 2)  # Ray's core worker writes its connect retries to fd 2 (rpc_client.h, gcs_client)
         threading.Thread(target=watchdog, name="ray-connect-watchdog", daemon=True).start()
         try:
-            ray.init(address=addr, **init_kwargs)
+            try:
+                ray.init(address=addr, **init_kwargs)
+            finally:
+                os.dup2(saved, 2)  # the console's stderr back first, whatever happens next
+                os.close(saved)
+                with lock:
+                    returned.set()
         except KeyboardInterrupt:
-            if timed_out.is_set():
-                raise _cluster_error(addr, seconds, "no Ray GCS answered") from None
-            raise
+            if not timed_out.is_set():
+                raise  # the user's Ctrl-C
+            error = _cluster_error(addr, seconds, "no Ray GCS answered")
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-            raise _cluster_error(addr, seconds, str(exc).strip().splitlines()[0][:200] if str(exc) else
-                                 type(exc).__name__) from None
-        finally:
-            done.set()
-            os.dup2(saved, 2)
-            os.close(saved)
+            error = _cluster_error(addr, seconds, str(exc).strip().splitlines()[0][:200] if str(exc) else
+                                   type(exc).__name__)
+    if error is None and timed_out.is_set():  # ray.init returned as the watchdog fired: its interrupt is pending
+        with contextlib.suppress(KeyboardInterrupt):
+            time.sleep(0.1)
+        error = _cluster_error(addr, seconds, "no Ray GCS answered in time")
+    if error is not None:
+        raise error
 
 
 def ray_init(address: str | None = None) -> None:
@@ -398,7 +424,7 @@ def ray_init(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    addr = address or os.environ.get("RAY_ADDRESS") or None
+    addr = cluster_address(address)
     # ERROR: the driver's own Ray warnings (e.g. that token authentication is on) are Ray's business, not the user's
     quiet: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False}
     if addr:
@@ -470,8 +496,9 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     run_name = name or r.name or job.name
     where = storage_path or r.storage_path or "~/ray_results"
     spath, fs = storage_location(storage_path or r.storage_path)
-    probe_cluster(address)  # an unreachable cluster fails before the MLflow run is begun
-    # before Ray starts anything: a bad URI or store fails here
+    if cluster_address(address):  # joining writes nothing: a cluster that does not answer fails before the MLflow run
+        ray_init(address)
+    # before a local Ray starts: a bad URI or store fails here
     info = begin_tracking(job, run_name, where, source=source, tags=tags)
     ray_init(address)
     with Console():

@@ -34,11 +34,12 @@ def variant(job: JobConfig, method: str, name: str, widths: list[float] | None =
 def run_pipeline(job: JobConfig, *, storage_path: str | None = None, address: str | None = None,
                  out: str | Path | None = None) -> dict[str, Any]:
     from pipeline.launch.compare import compare
-    from pipeline.launch.ray_run import probe_cluster, run_job
+    from pipeline.launch.ray_run import cluster_address, ray_init, run_job
     from pipeline.launch.sweep import run_sweep
     from pipeline.platform.tracking import resolve_uri
 
-    probe_cluster(address)  # an unreachable cluster fails before anything is written
+    if cluster_address(address):  # joining writes nothing; a silent cluster fails before anything is written
+        ray_init(address)
     t0 = time.perf_counter()
     stages = job.pipeline.stages
     if job.tracking.enabled:  # one store for every stage, whatever each process's working dir

@@ -81,8 +81,9 @@ class OATPyfunc(PythonModel):
             x = np.asarray(getattr(model_input, "values", model_input), dtype=np.float32)
             x = x.reshape(-1, *self.model.input_shape)
         except (ValueError, TypeError):
-            raise refuse(f"expected images of shape (N, {', '.join(map(str, self.model.input_shape))}), got "
-                         f"{tuple(np.shape(model_input))}") from None
+            got = getattr(model_input, "shape", None) or type(model_input).__name__  # ragged input has no shape
+            raise refuse(f"expected images of shape (N, {', '.join(map(str, self.model.input_shape))}) as float32, "
+                         f"got {tuple(got) if isinstance(got, tuple) else got}") from None
         check_images(x, refuse)
         with torch.inference_mode():
             return torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x))), dim=1).numpy()
@@ -96,7 +97,9 @@ MAX_BATCH = 1024
 def _param(params: dict[str, Any], name: str, refuse: Any, default: float | None = None) -> float:
     import math
 
-    raw = params.get(name, default)
+    raw = params.get(name)
+    if raw is None:
+        raw = default  # a missing or null width: the full width
     try:
         value = float(raw)  # type: ignore[arg-type]  # None and the like: TypeError, refused below
     except (TypeError, ValueError):

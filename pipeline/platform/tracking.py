@@ -126,9 +126,12 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 def resolve_uri(uri: str | None) -> str:
     """``tracking.uri``, else ``$MLFLOW_TRACKING_URI``, else a local store (``sqlite:///mlflow.db`` here)."""
-    if not uri and (env := os.environ.get("MLFLOW_TRACKING_URI")):
-        from pipeline.config import tracking_uri_problem
+    from pipeline.config import tracking_uri_problem
 
+    if uri:
+        if why := tracking_uri_problem(uri):  # the file store: refused by MLflow 3 unless MLFLOW_ALLOW_FILE_STORE
+            raise TrackingError(f"tracking.uri: {why}")
+    elif env := os.environ.get("MLFLOW_TRACKING_URI"):
         if why := tracking_uri_problem(env):
             raise TrackingError(f"MLFLOW_TRACKING_URI: {why}")
         uri = env
