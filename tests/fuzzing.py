@@ -501,8 +501,8 @@ def run_cli(argv: list[str], env: dict[str, str]) -> Outcome:
     from pipeline.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    saved = dict(os.environ)  # the whole environment: what a case sets (its timeouts, MLflow's client defaults that
+    os.environ.update(env)  # the tracking module sets once per process) must not outlive it
     t0 = time.perf_counter()
     code: int | None = None
     escaped = None
@@ -519,11 +519,8 @@ def run_cli(argv: list[str], env: dict[str, str]) -> Outcome:
 
         escaped = "".join(traceback.format_exception(exc))[-3000:]
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.environ.clear()
+        os.environ.update(saved)
     return Outcome(code, out.getvalue(), err.getvalue(), time.perf_counter() - t0, escaped)
 
 
