@@ -9,9 +9,10 @@ S3 endpoint            ``OAT_S3_CONNECT_TIMEOUT_S``    5        opening a connec
 Ray job API            ``OAT_JOB_API_TIMEOUT_S``       5        the first request to the dashboard
 =====================  ==============================  =======  =============================================
 
-A value is seconds (a positive number). ``MLFLOW_HTTP_REQUEST_TIMEOUT``, when set, is MLflow's own and wins. A bad value is refused by name, so a typo in a deployment's environment
-does not turn into an infinite wait. Waiting longer than the default is for slow links (a cluster across a VPN);
-tests set a few seconds. Each refusal names the address and what to check (``docs/development.md``).
+A value is seconds (a positive number); ``MLFLOW_HTTP_REQUEST_TIMEOUT``, when set, is MLflow's own and wins. A bad
+value is refused by name, so a typo in a deployment's environment does not turn into an infinite wait. Waiting
+longer than the default is for slow links (a cluster across a VPN); tests set a few seconds. Each refusal names the
+address and what to check (``docs/cluster.md``).
 """
 
 from __future__ import annotations
