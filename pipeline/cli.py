@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import ConfigError
@@ -41,26 +41,23 @@ def _number(text: str) -> float:
     return value
 
 
-def count(text: str) -> int:
-    """A whole number ≥ 1 (steps, images, batch sizes, workers)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+def _whole(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ≥ ``low``."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    return check
 
 
-def whole(text: str) -> int:
-    """A whole number ≥ 0 (a seed)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
-    return value
+count = _whole(1)  # steps, images, batch sizes, workers
+whole = _whole(0)  # a seed
 
 
 def unit(text: str) -> float:
@@ -563,11 +560,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        check_paths(args)
-    except ConfigError as exc:
-        print(f"oat: error: {exc}", file=sys.stderr)
-        return 2
     from pipeline.data import DataError
     from pipeline.data.s3 import StorageError
     from pipeline.files import CheckpointError
@@ -579,6 +571,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "run": cmd_run, "submit": cmd_submit, "stack": cmd_stack, "track": cmd_track, "sweep": cmd_sweep,
                 "compare": cmd_compare, "report": cmd_report, "retrain": cmd_retrain, "schedule": cmd_schedule}
     try:
+        check_paths(args)  # paths by kind and the MLflow URI, before any handler reads or writes
         return handlers[args.command](args)
     except (ConfigError, DataError, CheckpointError, StorageError, SubmitError, ClusterError, StackError,
             TrackingError, FileNotFoundError) as exc:

@@ -367,12 +367,12 @@ def _fail(key: str, msg: str) -> typing.NoReturn:
 def _check(job: JobConfig) -> None:
     _check_threat_model(job)
     _check_locations(job)
+    _check_repeats(job)
     _check_method(job)
     _check_widths(job)
     _check_counts(job)
     _check_evaluation(job)
     _check_pipeline(job)
-    _check_sweep(job)
     _check_operations(job)
 
 
@@ -454,10 +454,17 @@ def _check_locations(job: JobConfig) -> None:
             _fail(key, f"{value!r} is a file; a folder is expected here")
 
 
+def _check_repeats(job: JobConfig) -> None:
+    """No λ or width list names a value twice."""
+    for key, values in (("method.lambda_choices", job.method.lambda_choices), ("model.widths", job.model.widths),
+                        ("eval.lambdas", job.eval.lambdas), ("eval.widths", job.eval.widths),
+                        ("sweep.lambdas", job.sweep.lambdas), ("sweep.widths", job.sweep.widths)):
+        if values is not None and len(set(values)) != len(values):
+            _fail(key, f"{values} repeats a value")
+
+
 def _check_method(job: JobConfig) -> None:
     meth, m = job.method, job.model
-    if len(set(meth.lambda_choices)) != len(meth.lambda_choices):
-        _fail("method.lambda_choices", f"{meth.lambda_choices} repeats a value")
     if get_method(meth.name).conditioned:
         if 0.0 not in meth.lambda_choices:
             _fail("method.lambda_choices", "OAT/OATS need 0.0 in the list (the λ = 0 share trains BN_c)")
@@ -522,15 +529,6 @@ def _check_pipeline(job: JobConfig) -> None:
         _fail("pipeline.stages", "compare needs the sweep stage and an oat or oats stage")
     if max(pl.oats_widths) != 1.0:
         _fail("pipeline.oats_widths", f"{pl.oats_widths} must include 1.0 (the full network)")
-
-
-def _check_sweep(job: JobConfig) -> None:
-    sw = job.sweep
-    for key, values in (("sweep.lambdas", sw.lambdas or []), ("sweep.widths", sw.widths),
-                        ("model.widths", job.model.widths or []), ("eval.lambdas", job.eval.lambdas or []),
-                        ("eval.widths", job.eval.widths or [])):
-        if len(set(values)) != len(values):
-            _fail(key, f"{values} repeats a value")
 
 
 def _check_operations(job: JobConfig) -> None:

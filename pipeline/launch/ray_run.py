@@ -417,6 +417,13 @@ def join_cluster(addr: str, init_kwargs: dict[str, Any]) -> None:
         raise error
 
 
+def join_first(address: str | None) -> None:
+    """With a cluster to join (``address`` or $RAY_ADDRESS), join it now: joining writes nothing, so a cluster that
+    does not answer fails before any MLflow run or folder. A local Ray starts later, after the cheaper checks."""
+    if cluster_address(address):
+        ray_init(address)
+
+
 def ray_init(address: str | None = None) -> None:
     """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray. Either way Ray's own output stays
     in its log files (:class:`Console` brings back ours); the console says where they are."""
@@ -496,8 +503,7 @@ def run_job(job: JobConfig, *, name: str | None = None, storage_path: str | None
     run_name = name or r.name or job.name
     where = storage_path or r.storage_path or "~/ray_results"
     spath, fs = storage_location(storage_path or r.storage_path)
-    if cluster_address(address):  # joining writes nothing: a cluster that does not answer fails before the MLflow run
-        ray_init(address)
+    join_first(address)
     # before a local Ray starts: a bad URI or store fails here
     info = begin_tracking(job, run_name, where, source=source, tags=tags)
     ray_init(address)

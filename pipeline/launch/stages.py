@@ -34,12 +34,11 @@ def variant(job: JobConfig, method: str, name: str, widths: list[float] | None =
 def run_pipeline(job: JobConfig, *, storage_path: str | None = None, address: str | None = None,
                  out: str | Path | None = None) -> dict[str, Any]:
     from pipeline.launch.compare import compare
-    from pipeline.launch.ray_run import cluster_address, ray_init, run_job
+    from pipeline.launch.ray_run import join_first, run_job
     from pipeline.launch.sweep import run_sweep
     from pipeline.platform.tracking import resolve_uri
 
-    if cluster_address(address):  # joining writes nothing; a silent cluster fails before anything is written
-        ray_init(address)
+    join_first(address)
     t0 = time.perf_counter()
     stages = job.pipeline.stages
     if job.tracking.enabled:  # one store for every stage, whatever each process's working dir

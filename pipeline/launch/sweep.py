@@ -150,11 +150,10 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
               address: str | None = None, out: str | Path | None = None) -> SweepResult:
     """One Tune trial per (λ, width) of the dedicated PGDAT models, resumable; ``sweep.json`` and the curve."""
     from pipeline.data import s3 as storage
-    from pipeline.launch.ray_run import Console, begin_tracking, cluster_address, ray_init, storage_location
+    from pipeline.launch.ray_run import Console, begin_tracking, join_first, ray_init, storage_location
     from pipeline.platform import tracking
 
-    if cluster_address(address):  # joining writes nothing; a silent cluster fails before anything is written
-        ray_init(address)
+    join_first(address)
 
     t0 = time.perf_counter()
     sweep_name = name or job.sweep.name or f"{job.name}_sweep"
