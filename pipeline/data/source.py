@@ -8,14 +8,15 @@ images as float in [0, 1].
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 
-from pipeline.data.beton import Log, Prepared, log_stderr, open_prepared
-from pipeline.data.datasets import Splits, load_splits
+from pipeline.data.beton import Log, Prepared, log_stderr, manifest_fingerprint, open_prepared
+from pipeline.data.datasets import Splits, get_dataset, load_splits
 from pipeline.data.ffcv_loader import BetonLoader
 from pipeline.data.loader import TensorLoader
 from pipeline.data.settings import DataConfig
@@ -41,13 +42,21 @@ class DataSource:
     kind = ""
 
     def __init__(self, name: str, image_shape: tuple[int, int, int], num_classes: int, augment: str | None,
-                 counts: dict[str, int], workers: int):
+                 counts: dict[str, int], workers: int, fingerprint: str = "", where: str = ""):
         self.name, self.image_shape, self.num_classes = name, image_shape, num_classes
         self.augment, self.counts, self.workers = augment, counts, workers
+        self.fingerprint, self.where = fingerprint, where  # a hash of the images as prepared; where they are read
 
     def describe(self) -> dict[str, Any]:
         return {"dataset": self.name, "loader": self.kind, **self.counts, "image_shape": list(self.image_shape),
                 "num_classes": self.num_classes}
+
+    def as_input(self) -> dict[str, Any]:
+        """The data set as a tracking input: name, fingerprint, origin (the package or files), split sizes."""
+        spec = get_dataset(self.name)
+        return {"name": self.name, "digest": self.fingerprint, "origin": spec.origin, "where": self.where,
+                "counts": dict(self.counts), "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "split": spec.describe_split(self.counts.get("val", spec.val_size))}
 
     def loader(self, split: str, batch_size: int, *, device: torch.device | str = "cpu", train: bool = False,
                seed: int = 0, rank: int = 0, world_size: int = 1, limit: int | None = None,
@@ -62,8 +71,13 @@ class MemorySource(DataSource):
     kind = "memory"
 
     def __init__(self, splits: Splits, workers: int):
+        digest = hashlib.sha256()
+        for s in SPLIT_NAMES:  # the images as loaded (no manifest in memory): a few ms for the small sets
+            part = getattr(splits, s)
+            digest.update(part.x.contiguous().numpy().tobytes())
+            digest.update(part.y.contiguous().numpy().tobytes())
         super().__init__(splits.name, splits.image_shape, splits.num_classes, splits.augment,
-                         {s: len(getattr(splits, s)) for s in SPLIT_NAMES}, workers)
+                         {s: len(getattr(splits, s)) for s in SPLIT_NAMES}, workers, digest.hexdigest()[:16], "memory")
         self.splits = splits
 
     def loader(self, split: str, batch_size: int, *, device: torch.device | str = "cpu", train: bool = False,
@@ -81,7 +95,7 @@ class BetonSource(DataSource):
         m = prepared.manifest
         c, h, w = m.image_shape
         super().__init__(m.dataset, (c, h, w), m.num_classes, m.augment if augment else None,
-                         {s: m.count(s) for s in SPLIT_NAMES}, workers)
+                         {s: m.count(s) for s in SPLIT_NAMES}, workers, manifest_fingerprint(m), prepared.source)
         self.prepared = prepared
 
     def loader(self, split: str, batch_size: int, *, device: torch.device | str = "cpu", train: bool = False,

@@ -288,19 +288,16 @@ def _run_file(checkpoint: Path) -> Path | None:
 
 def log_report(result: Assessment, files: dict[str, Path], uri: str | None, experiment: str) -> str:
     """The report in MLflow: into the training run when its folder knows it (artifacts under ``report/``),
-    else a new run tagged ``kind=report``. Metrics ``report/<attack>/lam_λ``; tags ``sanity`` (passed or the
-    failed checks) and ``sanity/<check>``."""
+    else a new run tagged ``kind=report``. Its curves over λ like the test curve's (``report/clean_acc``,
+    ``report/robust_acc/<attack>``, step = round(100·λ)); tags ``sanity`` (passed or the failed checks) and
+    ``sanity/<check>``."""
     from pipeline.platform.tracking import log_result, resolve_uri
-    from pipeline.training.metrics import metric_key
+    from pipeline.training.metrics import curve_metrics
 
     run_file = _run_file(Path(result.checkpoint))
     info = json.loads(run_file.read_text()) if run_file is not None else None
     uri = resolve_uri(uri if uri else (info or {}).get("uri"))
-    metrics: dict[str, float] = {}
-    for p in result.points:
-        metrics[metric_key(f"report/{p.attack}", p.lam, p.width)] = p.robust_acc
-        if p.attack == result.points[0].attack:
-            metrics[metric_key("report/clean", p.lam, p.width)] = p.clean_acc
+    curves = curve_metrics([p.to_dict() for p in result.points], "report")
     bad = result.failed_checks
     run_tags = {"report_attacks": ",".join(dict.fromkeys(p.attack for p in result.points)),
                 "report_eps": f"{result.eps:.4g} {result.norm}", "report_images": str(result.n)}
@@ -309,7 +306,7 @@ def log_report(result: Assessment, files: dict[str, Path], uri: str | None, expe
         run_tags.update({f"sanity/{ch.name}": "passed" if ch.passed else "failed" for ch in result.checks})
     into = info["run_id"] if info is not None and uri == info.get("uri") else None
     rid = log_result(uri, experiment, what="the report", run_id=into, run_name=f"report {result.job_name}",
-                     tags={"kind": "report", "method": result.method.upper()}, metrics=metrics, run_tags=run_tags,
+                     tags={"kind": "report", "method": result.method.upper()}, curves=curves, run_tags=run_tags,
                      artifacts=files.values(), artifact_path="report")
     print(f"[tracking] report logged to MLflow run {rid}")
     return rid

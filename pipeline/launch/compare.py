@@ -9,6 +9,7 @@ Written as ``compare.json``, ``compare.txt`` and ``compare.png``; with ``--mlflo
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,20 +126,60 @@ def _plot(pts: list[Point], dedicated_series: list[Point], method: str, dest: Pa
     return plot_tradeoff(series, dest / "compare.png", title=f"{method} vs dedicated PGDAT (test split)")
 
 
-def log_comparison(result: dict[str, Any], folder: Path, uri: str | None, experiment: str) -> str:
-    """The comparison as an MLflow run: metrics per λ (and width), the cost, the plot and the table."""
-    from pipeline.platform.tracking import log_result
-    from pipeline.training.metrics import metric_key
+def comparison_note(result: dict[str, Any], run_id: str) -> str:
+    """The comparison in words for the compare run's description: the table (λ, SA and the quoted attack's
+    accuracy per method, Δ), the compute ratio, and the plot (shown inline by the MLflow UI, and linked)."""
+    from pipeline.platform.tracking import md_table
 
-    metrics = {metric_key(k, r["lambda"], r["width"]): float(r[k]) for r in result["rows"]
-               for k in ("delta_clean", "delta_robust", "clean_acc", "robust_acc", "dedicated_clean_acc",
-                         "dedicated_robust_acc")}
-    metrics.update({f"cost/{k}": float(v) for k, v in result["cost"].items()
-                    if k in ("oat_worker_s", "sweep_worker_s", "ratio") and v is not None})
+    method, label = result["method"], result["attack_label"]
+    widths = sorted({r["width"] for r in result["rows"]}, reverse=True)
+    wcol = ["width"] if widths != [1.0] else []
+    cols = ["λ", *wcol, f"SA {method}", "SA PGDAT", "Δ SA", f"{label} {method}", f"{label} PGDAT", f"Δ {label}"]
+    rows = []
+    for r in sorted(result["rows"], key=lambda r: (-r["width"], r["lambda"])):
+        at = [f"{r['width']:g}" + ("" if r["dedicated_width"] == r["width"] else " (vs 1)")] if wcol else []
+        rows.append([f"{r['lambda']:g}", *at] + [f"{100 * r[k]:.1f}" for k in ("clean_acc", "dedicated_clean_acc")]
+                    + [f"{100 * r['delta_clean']:+.1f}"]
+                    + [f"{100 * r[k]:.1f}" for k in ("robust_acc", "dedicated_robust_acc")]
+                    + [f"{100 * r['delta_robust']:+.1f}"])
+    lines = [f"**{method} against the dedicated PGDAT models** (`{result['sweep']}`), test split, accuracy in %; "
+             f"robust accuracy under {label}, Δ = {method} − PGDAT.", "", md_table(cols, rows)]
+    cost = result["cost"]
+    if cost.get("ratio"):
+        lines += ["", f"**Compute**: one {method} run costs {cost['ratio']:.2f}× the {cost['dedicated_models']} "
+                      f"dedicated models ({cost['oat_worker_s']:,.0f} against {cost['sweep_worker_s']:,.0f} "
+                      "training worker-seconds)."]
+    url = f"get-artifact?path=compare.png&run_uuid={run_id}"
+    lines += ["", f"![clean, robust and trade-off panels]({url})", "",
+              f"The plot: [compare.png]({url}) (artifacts); the table as text: `compare.txt`. The curves "
+              "`vs_dedicated/delta_clean_acc` and `vs_dedicated/delta_robust_acc` are the Δ over λ (step = 100·λ)."]
+    return "\n".join(lines)
+
+
+def log_comparison(result: dict[str, Any], folder: Path, uri: str | None, experiment: str) -> str:
+    """The comparison as an MLflow run: the differences as curves over λ (``vs_dedicated/delta_clean_acc``,
+    ``vs_dedicated/delta_robust_acc``, ``/w_0.5`` per OATS width, step = round(100·λ)), the cost, the plot, the table,
+    and the table in its description."""
+    from pipeline.platform.tracking import log_result
+    from pipeline.training.metrics import curve_step
+
+    curves: dict[int, dict[str, float]] = {}
+    for r in result["rows"]:
+        suffix = "" if r["width"] == 1.0 else f"/w_{r['width']:g}"
+        curves.setdefault(curve_step(r["lambda"]), {}).update({
+            f"vs_dedicated/delta_clean_acc{suffix}": float(r["delta_clean"]),
+            f"vs_dedicated/delta_robust_acc{suffix}": float(r["delta_robust"])})
+    # one chart section ("vs_dedicated"), after the "test" curves (the UI orders sections by name)
+    metrics = {f"vs_dedicated/{'cost_' if k == 'ratio' else ''}{k}": float(v) for k, v in result["cost"].items()
+               if k in ("oat_worker_s", "sweep_worker_s", "ratio") and v is not None}
     name = f"compare {Path(result['oat_run']).name} vs {result['sweep']}"
     rid = log_result(uri, experiment, what="the comparison", run_name=name,
                      tags={"kind": "comparison", "method": result["method"]},
-                     params={k: result[k] for k in ("oat_run", "sweep", "method")}, metrics=metrics,
+                     params={**{k: result[k] for k in ("oat_run", "sweep", "method")},
+                             "attack": result["attack_label"]},
+                     metrics=metrics, curves=curves, note=lambda run_id: comparison_note(result, run_id),
+                     replaces=hashlib.sha256(f"{Path(result['oat_run']).resolve()}\0{result['sweep']}".encode())
+                     .hexdigest()[:24],  # comparing the same runs again replaces the comparison run
                      artifacts=[folder / f for f in ("compare.png", "compare.json", "compare.txt")])
     print(f"[tracking] comparison logged as MLflow run '{name}' in experiment '{experiment}'")
     return rid

@@ -51,14 +51,10 @@ class Decision:
 
 
 def data_fingerprint(job: JobConfig) -> str:
-    """A hash of the prepared data set's manifest (its files' sha256, the split, the preparation time): it
-    changes when the set is prepared again (``oat data prepare --force``) or replaced in S3."""
-    from pipeline.data.beton import open_prepared
+    """The prepared data set's fingerprint (:func:`pipeline.data.beton.manifest_fingerprint`)."""
+    from pipeline.data.beton import manifest_fingerprint, open_prepared
 
-    m = open_prepared(job.data, log=lambda _m: None).manifest
-    doc = {"dataset": m.dataset, "split": m.split_definition, "created": m.created,
-           "files": {k: v.get("sha256") for k, v in sorted(m.files.items())}}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+    return manifest_fingerprint(open_prepared(job.data, log=lambda _m: None).manifest)
 
 
 def _model_name(job: JobConfig) -> str:
@@ -166,7 +162,7 @@ def retrain(job: JobConfig, *, force: bool = False, progress: bool = True) -> De
                             ("gate passed against v" + before if before else "first champion"))
            + f" ({attack})")
     d = Decision(name, action, why, before, None, failures, info.run_id, str(out), fp)
-    d.version = _register(client, info, d, job.tracking.alias, key, new_pts)
+    d.version = _register(client, info, d, job.tracking.alias, key, new_pts, tjob)
     return _record(root, d)
 
 
@@ -187,14 +183,19 @@ def _train(tjob: JobConfig, out: Path, tags: dict[str, str], runner: str, progre
     return info
 
 
-def _register(client: Any, info: Any, d: Decision, alias: str, key: str, points: list[Point]) -> str:
-    """Register the challenger, tag the version and the run with the decision, then move the alias."""
+def _register(client: Any, info: Any, d: Decision, alias: str, key: str, points: list[Point], tjob: JobConfig
+              ) -> str:
+    """Register the challenger (with its model card), tag the version and the run with the decision (appended to
+    the card), then move the alias."""
+    from pipeline.data.datasets import get_dataset
     from pipeline.platform.registry import record_decision, register_model
-    from pipeline.platform.tracking import curve_tags
+    from pipeline.platform.tracking import curve_tags, model_card
 
     assert d.out is not None
-    version = str(register_model(info, Path(d.out) / "final.pt", d.model, None,
-                                 curve_tags([p.to_dict() for p in points])))
+    dicts = [p.to_dict() for p in points]
+    data = {"name": tjob.data.dataset, "digest": d.fingerprint, "origin": get_dataset(tjob.data.dataset).origin}
+    version = str(register_model(info, Path(d.out) / "final.pt", d.model, None, curve_tags(dicts),
+                                 model_card(tjob, dicts, data, info.run_id)))
     record_decision(client, d.model, version, info.run_id,
                     {"data_fingerprint": d.fingerprint, "retrain_key": key,
                      "compared_with": f"v{d.champion_before}" if d.champion_before else "none",

@@ -164,7 +164,7 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     out_dir = Path(out) if out is not None else Path("runs") / sweep_name
     out_dir.mkdir(parents=True, exist_ok=True)
     parent = begin_tracking(job, sweep_name, f"sweep:{where}", source="oat sweep",  # its own key: not an oat run
-                            tags={"kind": "sweep", "method": "pgdat"})
+                            tags={"kind": "sweep", "method": "pgdat", tracking.NOTE: sweep_note(job)})
     tracker = tracking.Tracker(parent, out_dir / "tracking") if parent else None
     ray_init(address)
     _check_fits(job)
@@ -177,7 +177,7 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
     summary = {"sweep": sweep_name, "job": job.name, "storage": where, "lambdas": sweep_lambdas(job),
                "widths": sorted(job.sweep.widths, reverse=True), "trials": trials,
                "train_worker_s": sum(t["train_worker_s"] for t in trials), "errors": errors}
-    _publish(summary, out_dir, tracker, job.tracking.flush_timeout_s)
+    _publish(summary, out_dir, tracker, job.tracking.flush_timeout_s, sweep_note(job))
     if errors:
         raise RuntimeError(f"sweep {sweep_name}: {len(errors)} trial(s) failed: " + "; ".join(errors))
     return SweepResult(sweep_name, trials, out_dir, time.perf_counter() - t0)
@@ -231,10 +231,22 @@ def _collect(grid: Any, retry_log: Any) -> tuple[list[dict[str, Any]], list[str]
     return trials, errors
 
 
-def _publish(summary: dict[str, Any], out_dir: Path, tracker: Any, flush_timeout_s: float) -> None:
-    """``sweep.json``, the dedicated curve (plot and table), and the same on the sweep's MLflow run."""
-    from pipeline.training.metrics import points_metrics
+def sweep_note(job: JobConfig) -> str:
+    """The sweep run's description: what its models are and where their numbers are."""
+    from pipeline.platform.tracking import threat_words
 
+    lams = ", ".join(f"{x:g}" for x in sweep_lambdas(job))
+    widths = sorted(job.sweep.widths, reverse=True)
+    at_w = "" if widths == [1.0] else f" and width ∈ {{{', '.join(f'{w:g}' for w in widths)}}}"
+    return (f"**Dedicated PGDAT models** on {job.data.dataset}, one per λ ∈ {{{lams}}}{at_w} ({threat_words(job)}, "
+            f"{job.train.epochs} epochs): the baseline that OAT and OATS are compared with (the `compare` runs). "
+            "Each model is a child run (expand this row); this run's `test/clean_acc` and `test/robust_acc/<attack>` "
+            "are their curve over λ (step = 100·λ).")
+
+
+def _publish(summary: dict[str, Any], out_dir: Path, tracker: Any, flush_timeout_s: float, note: str = "") -> None:
+    """``sweep.json``, the dedicated curve (plot and table), and the same on the sweep's MLflow run (its curve over
+    λ, and the table in its description)."""
     atomic_write_text(json.dumps(summary, indent=1) + "\n", out_dir / "sweep.json")
     trials, widths = summary["trials"], summary["widths"]
     pts = [_head(t["points"]) for t in trials]
@@ -244,8 +256,13 @@ def _publish(summary: dict[str, Any], out_dir: Path, tracker: Any, flush_timeout
         print(points_table(pts, f"dedicated PGDAT models, test split, {pts[0].n} images"))
     if tracker is None:
         return
-    for t in trials:
-        tracker.log_metrics(points_metrics(t["points"], "test"), 0)
+    every = [p for t in trials for p in t["points"]]
+    tracker.log_curve(every)  # the dedicated models' curve over λ
+    if every:
+        from pipeline.platform.tracking import NOTE, points_markdown, threat_model
+
+        tracker.set_tags({NOTE: f"{note}\n\n**Test points** (accuracy in %; {threat_model(every)}):\n\n"
+                                f"{points_markdown(every)}".strip()})
     tracker.log_metrics({"train_worker_s": summary["train_worker_s"]}, 0)
     for f in ("sweep.json", "tradeoff.png"):
         if (out_dir / f).is_file():

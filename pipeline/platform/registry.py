@@ -18,10 +18,11 @@ from pipeline.platform.serving import CODE_FILE, requirements, serving_code, sig
 
 
 def register_model(info: Any, checkpoint: Path, name: str, alias: str | None,
-                   curve: dict[str, str] | None = None) -> int:
+                   curve: dict[str, str] | None = None, card: str = "") -> int:
     """Log the checkpoint as this run's pyfunc and register it as ``name`` (alias ``alias``); a run already
     registered under ``name`` is not registered twice. ``curve``: the test curve as tags (``eval_attack``,
-    ``clean_acc``, ``robust_acc``; see ``tracking.curve_tags``). Returns the model version."""
+    ``clean_acc``, ``robust_acc``; see ``tracking.curve_tags``); ``card``: the version's description (its model
+    card, ``tracking.model_card``). Returns the model version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -53,6 +54,8 @@ def register_model(info: Any, checkpoint: Path, name: str, alias: str | None,
                      model.lambdas), "widths": ",".join(f"{x:g}" for x in model.widths), "run_id": info.run_id,
                      "input_shape": "x".join(map(str, model.input_shape)), **(curve or {})}.items():
             client.set_model_version_tag(name, str(version), k, str(v))
+        if card:
+            client.update_model_version(name, str(version), description=card)
     if alias:
         client.set_registered_model_alias(name, alias, str(version))
     return version
@@ -87,5 +90,10 @@ def record_decision(client: Any, name: str, version: str, run_id: str, version_t
 
     for k, v in version_tags.items():
         client.set_model_version_tag(name, version, k, v)
+    decision = "\n".join(f"* {k.replace('_', ' ')}: {v}" for k, v in version_tags.items())
+    card = client.get_model_version(name, version).description or ""
+    if "### Retraining decision" not in card:  # a decision is recorded once per version
+        client.update_model_version(name, version, description=f"{card}\n\n### Retraining decision\n\n{decision}"
+                                    .strip())
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
     client.set_registered_model_alias(name, alias, version)

@@ -255,7 +255,8 @@ def mlflow_binary() -> str:
 @dataclass
 class MlflowServer:
     """``mlflow server`` with a SQLite backend in ``root`` and proxied artifacts in S3 (``s3_env`` holds the
-    object store's endpoint and keys: they go to the server's environment only, so clients need none)."""
+    object store's endpoint and keys: they go to the server's environment only, so clients need none). With an
+    empty ``s3_env`` and a folder as ``artifacts_destination``, the artifacts are proxied to that folder."""
 
     root: Path
     s3_env: dict[str, str] = field(repr=False)
@@ -280,11 +281,11 @@ class MlflowServer:
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_"))}
         s3 = self.s3_env
-        env.update({"MLFLOW_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
-                    "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
-                    "AWS_DEFAULT_REGION": s3.get("AWS_DEFAULT_REGION", "us-east-1"),
-                    # without this the server starts 7 job-runner processes (about 2 GB)
-                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        if s3:  # none: artifacts_destination is a local folder
+            env.update({"MLFLOW_S3_ENDPOINT_URL": s3["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": s3["AWS_ACCESS_KEY_ID"],
+                        "AWS_SECRET_ACCESS_KEY": s3["AWS_SECRET_ACCESS_KEY"],
+                        "AWS_DEFAULT_REGION": s3.get("AWS_DEFAULT_REGION", "us-east-1")})
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else 7 job-runner processes (about 2 GB)
         return env
 
     def start(self, timeout: float = 120.0) -> MlflowServer:

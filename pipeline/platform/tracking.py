@@ -17,9 +17,10 @@
 Metric names (MLflow allows letters, digits, ``_ - . / :`` and spaces): per epoch (step = epoch, from 1)
 ``loss``, ``lr``, ``images_per_s``, ``epoch_seconds``, ``data_wait_share``, ``train_clean_acc``,
 ``train_adv_acc``, and at evaluation epochs ``val/clean_acc/lam_0.1`` (``/w_0.5`` for OATS widths);
-``test/…`` likewise at the end; ``system/…`` from MLflow's system monitors. One child run per test point
-(params ``method``, ``lambda``, ``width``; metrics ``clean_acc``, ``robust_acc``) makes the experiment's chart
-view a scatter of clean against robust accuracy for every method.
+``system/…`` from MLflow's system monitors. At the end the test curve, one key per quantity and attack with
+step = round(100·λ) (``test/clean_acc``, ``test/robust_acc/apgd``, ``test/robust_acc/pgd20``, ``…/w_0.5``), so
+that the experiment's default charts are the trade-off curves of every run; one child run per test point
+(params ``method``, ``lambda``, ``width``; metrics ``clean_acc``, ``robust_acc``) keeps each point's numbers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ from pipeline.files import atomic_write_text
 from pipeline.science.curves import flag_lines, read_flags
 from pipeline.training.callbacks import Callback, RunContext, TrainResult
 from pipeline.training.checkpoint import is_artifact_uri
-from pipeline.training.metrics import epoch_metrics, points_metrics
+from pipeline.training.metrics import curve_metrics, epoch_metrics
 
 OUTBOX = "outbox.jsonl"
 DELIVERED = "delivered"
@@ -111,6 +112,141 @@ def headline_points(points: Iterable[Mapping[str, Any]]) -> dict[tuple[float, fl
             out[k] = {**p, "by_attack": {**(cur or {}).get("by_attack", {})}}
         out[k]["by_attack"][attack] = float(p["robust_acc"])
     return out
+
+
+NOTE = "mlflow.note.content"  # a run's, an experiment's description in the UI (markdown)
+EXPERIMENT_NOTE = """\
+**How to read this experiment.** Every training run logs its test curve over λ: `test/clean_acc` and
+`test/robust_acc/<attack>` at step = 100·λ (`apgd` is the per-image worst case of APGD-CE and APGD-T, `pgd20`
+PGD-20, `autoattack` the standard AutoAttack; OATS adds one key per width, `…/w_0.5`). The chart view therefore
+draws OAT, OATS and the sweep of dedicated PGDAT models as lines over λ on the same charts: read the x axis as
+100·λ (0 = clean training, 100 = adversarial training only).
+
+* An **OAT/OATS run** is one model that takes λ (and the width) as an input; each of its test points is a child run.
+* The **sweep** run holds the dedicated PGDAT models' curve; each model is a child run.
+* A **compare** run (`kind = comparison`) has the table of OAT against the dedicated models in its description,
+  the differences as `vs_dedicated/delta_*` curves, and `compare.png`.
+* The registered model's versions carry a model card (which λ it serves, its test table, the threat model).
+"""
+
+
+def _pct(x: Any) -> str:
+    return f"{100 * float(x):.1f}"
+
+
+def md_table(header: list[str], rows: Iterable[list[str]]) -> str:
+    """A table for a description (markdown): aligned columns in a fenced block. The MLflow UI draws markdown tables
+    without any cell padding (columns run together), so the columns are laid out here, two spaces apart, numbers
+    right-aligned."""
+    body = [list(r) for r in rows]
+    cols = list(zip(header, *body))
+    width = [max(len(c) for c in col) for col in cols]
+    numeric = [all(re.fullmatch(r"[+−-]?[\d.,]+|–", c) for c in col[1:]) for col in cols]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if n else c.ljust(w) for c, w, n in zip(cells, width, numeric)).rstrip()
+
+    return "\n".join(["```", line(header), line(["─" * w for w in width]), *(line(r) for r in body), "```"])
+
+
+def points_markdown(points: Iterable[Mapping[str, Any]]) -> str:
+    """Test points as a table for a description (:func:`md_table`): λ (and width), clean accuracy, then robust
+    accuracy under each attack that ran, the quoted (strongest) one first, in %."""
+    from pipeline.science.curves import PREFERENCE, Point, attack_label
+
+    pts = [Point.from_dict(dict(p)) for p in points]
+    if not pts:
+        return ""
+    attacks = sorted({p.attack for p in pts}, key=lambda a: PREFERENCE.index(a) if a in PREFERENCE else 99)
+    label = {a: attack_label(next(p for p in pts if p.attack == a)) for a in attacks}
+    widths = sorted({p.width for p in pts}, reverse=True)
+    cols = ["λ", *(["width"] if widths != [1.0] else []), "clean", *(label[a] for a in attacks)]
+    rows = []
+    for w in widths:
+        for lam in sorted({p.lam for p in pts if p.width == w}):
+            at = {p.attack: p for p in pts if p.lam == lam and p.width == w}
+            clean = (at.get("pgd") or next(iter(at.values()))).clean_acc
+            rows.append([f"{lam:g}", *([f"{w:g}"] if widths != [1.0] else []), _pct(clean),
+                         *(_pct(at[a].robust_acc) if a in at else "–" for a in attacks)])
+    return md_table(cols, rows)
+
+
+def threat_words(job: JobConfig) -> str:
+    """``L∞ ε = 0.2, training attack PGD-10``."""
+    a = job.attack
+    norm = {"linf": "L∞", "l2": "L2"}.get(a.norm, a.norm)
+    return f"{norm} ε = {a.eps:g}, training attack PGD-{a.steps}"
+
+
+def threat_model(points: Iterable[Mapping[str, Any]]) -> str:
+    """``L∞ ε = 0.2 on images in [0, 1]; test split, 397 images; quoted: APGD-CE + APGD-T``."""
+    from pipeline.science.curves import Point, attack_label
+
+    head = headline_points(points)
+    if not head:
+        return ""
+    p = Point.from_dict({k: v for k, v in next(iter(head.values())).items() if k != "by_attack"})
+    norm = {"linf": "L∞", "l2": "L2"}.get(p.norm, p.norm)
+    return (f"{norm} ε = {p.eps:.4g} on images in [0, 1]; test split, {p.n} images; robust accuracy quoted under "
+            f"{attack_label(p)}")
+
+
+def run_description(job: JobConfig) -> str:
+    """What a training run is, in words, for its description (the UI's overview)."""
+    from pipeline.science.methods import get_method
+
+    m, d, threat = job.method, job.data.dataset, threat_words(job)
+    lams = ", ".join(f"{x:g}" for x in m.lambda_choices)
+    method = get_method(m.name)
+    if method.conditioned:
+        widths = f" and the width ∈ {{{', '.join(f'{w:g}' for w in job.model.widths or [1.0])}}}" \
+            if method.slimmable else ""
+        mm = job.model
+        norms = (" + dual BN" if mm.batch_norm else " + BN on the λ = 0 route" if mm.clean_bn else "") \
+            if mm.use2BN else ""
+        what = (f"**{m.name.upper()}** on {d}: one model that takes λ ∈ {{{lams}}}{widths} as an input "
+                f"(FiLM{norms}), {threat}, {job.train.epochs} epochs.")
+    else:
+        what = f"**{m.name.upper()}** on {d}: a dedicated model at λ = {float(m.Lambda):g}, {threat}, " \
+               f"{job.train.epochs} epochs."
+    return (f"{what}\n\nThe test curve is `test/clean_acc` and `test/robust_acc/<attack>` over step = 100·λ; "
+            "each test point is a child run. The job's config is the artifact `config.yaml`.")
+
+
+def model_card(job: JobConfig, points: Iterable[Mapping[str, Any]], data: Mapping[str, Any] | None = None,
+               run_id: str = "", quality: str = "") -> str:
+    """A registered version's description: what it serves, its test table under the named attack, the threat
+    model, the quality check (``quality``: "passed" or the flags), the data set (fingerprint) and the job."""
+    from pipeline.science.methods import get_method
+
+    pts = [dict(p) for p in points]
+    m = job.method
+    method = get_method(m.name)
+    lams = ", ".join(f"{x:g}" for x in (m.lambda_choices if method.conditioned else [m.Lambda]))
+    serves = f"λ ∈ {{{lams}}}"
+    if method.slimmable:
+        serves += f" and width ∈ {{{', '.join(f'{w:g}' for w in job.model.widths or [1.0])}}}"
+    lines = [f"### {job.name}: {m.name.upper()} on {job.data.dataset}", "",
+             f"**Serves** {serves}: pass `lam`" + (" and `width`" if method.slimmable else "")
+             + " in `params` at predict time (`mlflow models serve`, `mlflow.pyfunc.load_model`).", ""]
+    if pts:
+        lines += ["**Test points** (accuracy in %):", "", points_markdown(pts), "",
+                  f"**Threat model**: {threat_model(pts)}.", ""]
+        if quality:
+            lines += [f"**Quality check** (collapse, masked gradients): {quality}.", ""]
+    else:
+        lines += [f"**Threat model**: {threat_words(job)} (no test points were recorded).", ""]
+    lines.append(f"**Training**: {threat_words(job)}, {job.model.backbone or 'reference'} backbone, "
+                 f"{job.train.epochs} epochs, batch {job.train.batch_size}, {job.optim.name} lr {job.optim.lr:g}, "
+                 f"seed {job.train.seed}.")
+    if data:
+        counts = data.get("counts", {})
+        sizes = " / ".join(f"{counts[k]:,} {k}" for k in ("train", "val", "test") if k in counts)
+        lines += ["", f"**Data**: {data.get('name', job.data.dataset)} (fingerprint `{data.get('digest', '')}`"
+                  + (f"; {data['origin']}" if data.get("origin") else "") + (f"), {sizes}." if sizes else ").")]
+    lines += ["", f"**Job**: `{job.name}`" + (f", run `{run_id}`" if run_id else "")
+              + "; its resolved config is the run's artifact `config.yaml`."]
+    return "\n".join(lines)
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -245,6 +381,7 @@ def begin(job: JobConfig, *, where: str, run_name: str | None = None, fresh: boo
             commit = git_commit()
             if commit:
                 run_tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
+            run_tags[NOTE] = run_description(job)
             run_tags.update(tags or {})  # e.g. mlflow.parentRunId: a sweep's trial under the sweep's run
             run_id = client.create_run(exp_id, run_name=name, tags=run_tags).info.run_id
         _log_params(client, run_id, flatten(job.to_dict()))
@@ -359,24 +496,37 @@ class Tracker:
         _snapshot(src, snap)
         self._put({"t": "artifact", "file": str(snap.relative_to(self.folder)), "dir": artifact_path})
 
-    def log_points(self, points: Iterable[Mapping[str, Any]], split: str, step: int) -> None:
-        """Test-split points: parent metrics and one child run per point (for the clean-vs-robust scatter)."""
+    def log_curve(self, points: Iterable[Mapping[str, Any]], split: str = "test") -> None:
+        """Points as curves over λ (``test/clean_acc``, ``test/robust_acc/apgd``, … at step round(100·λ)): the
+        UI's default charts are then the trade-off curves."""
+        for step, metrics in sorted(curve_metrics(points, split).items()):
+            self.log_metrics(metrics, step)
+
+    def log_points(self, points: Iterable[Mapping[str, Any]], split: str) -> None:
+        """Test-split points: the curves over λ on this run and one child run per point (with the per-point
+        metrics)."""
         pts = [dict(p) for p in points]
-        self.log_metrics(points_metrics(pts, split), step)
+        self.log_curve(pts, split)
         self._put({"t": "points", "points": pts, "split": split, "ts": int(time.time() * 1000)})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self._put({"t": "tags", "tags": {k: str(v)[:5000] for k, v in tags.items()}})
 
+    def log_dataset(self, data: Mapping[str, Any], context: str = "training") -> None:
+        """The run's data set as an MLflow input (``DataSource.as_input``: name, fingerprint as digest, origin,
+        split sizes): the UI's *Dataset* column and the lineage name it."""
+        if data:
+            self._put({"t": "input", "data": dict(data), "context": context})
+
     def register(self, checkpoint: str | Path, name: str, alias: str | None,
-                 points: Iterable[Mapping[str, Any]] = ()) -> None:
+                 points: Iterable[Mapping[str, Any]] = (), card: str = "") -> None:
         """Register the checkpoint; the version's tags quote the test curve of ``points`` (AutoAttack's where
-        it ran, else PGD's)."""
+        it ran, else PGD's) and ``card`` is its description (:func:`model_card`)."""
         snap = self.folder / "pending" / f"{len(self._events):06d}" / "model.pt"
         snap.parent.mkdir(parents=True, exist_ok=True)
         _snapshot(Path(checkpoint), snap)
         self._put({"t": "register", "file": str(snap.relative_to(self.folder)), "name": name, "alias": alias,
-                   "curve": curve_tags(points)})
+                   "curve": curve_tags(points), "card": card})
 
     def close(self, status: str = "FINISHED", timeout: float = 120.0) -> int:
         """End the run; wait up to ``timeout`` s for delivery. Returns how many events are still pending."""
@@ -458,7 +608,9 @@ class Tracker:
             if path.is_file():
                 from pipeline.platform.registry import register_model
 
-                register_model(self.info, path, e["name"], e["alias"], e.get("curve"))
+                register_model(self.info, path, e["name"], e["alias"], e.get("curve"), e.get("card", ""))
+        elif kind == "input":
+            c.log_inputs(run_id, [dataset_input(e["data"], e["context"])])
         elif kind == "end":
             c.set_terminated(run_id, e["status"])
 
@@ -518,6 +670,20 @@ class Tracker:
                     continue
             self.log_metrics({f"system/{k}": v for k, v in metrics.items()}, step)
             step += 1
+
+
+def dataset_input(data: Mapping[str, Any], context: str) -> Any:
+    """An MLflow ``DatasetInput`` from ``DataSource.as_input``: its name, its fingerprint as the digest, its origin
+    as the source, the split sizes and image shape as the profile."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = {"num_rows": sum(int(v) for v in data.get("counts", {}).values()), **data.get("counts", {}),
+               "image_shape": data.get("image_shape"), "num_classes": data.get("num_classes"),
+               "split": data.get("split", "")}
+    source = {"origin": data.get("origin", ""), "uri": redact(str(data.get("where", "")))}
+    ds = Dataset(name=str(data["name"]), digest=str(data.get("digest") or "unknown"), source_type="local",
+                 source=json.dumps(source), profile=json.dumps(profile))
+    return DatasetInput(ds, [InputTag("mlflow.data.context", context)])
 
 
 def _snapshot(src: Path, dst: Path) -> None:
@@ -587,25 +753,32 @@ def write_encoding(model: Any, path: Path) -> Path:
     return path
 
 
-def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[Any], step: int) -> None:
-    """The run's artifacts (checkpoints final and best per λ, history, test curve and figure), one child run
-    per test point, the registered model; then wait for delivery."""
+def finish_tracking(tracker: Tracker, job: JobConfig, out: Path, points: list[Any],
+                    data: Mapping[str, Any] | None = None) -> None:
+    """The run's artifacts (checkpoints final and best per λ, history, test curve and figure), the test curve
+    over λ and one child run per test point, the description with the test table, the registered model and its
+    model card; then wait for delivery."""
     for name, where in (("final.pt", "checkpoints"), ("best", "checkpoints"), ("history.json", None),
                         ("eval.json", None), ("tradeoff.png", None)):
         if (out / name).exists():
             tracker.log_artifact(out / name, where)
     if points:
-        tracker.log_points([p.to_dict() for p in points], "test", step)
+        tracker.log_points([p.to_dict() for p in points], "test")
     flags = read_flags(out / "eval.json") if (out / "eval.json").is_file() else []
+    quality = "FLAGGED: " + " | ".join(flag_lines(flags)) if flags else "passed"
     if points:
-        tracker.set_tags({"quality": "FLAGGED: " + " | ".join(flag_lines(flags)) if flags else "passed"})
+        dicts = [p.to_dict() for p in points]
+        tracker.set_tags({"quality": quality,
+                          NOTE: (f"{run_description(job)}\n\n**Test points** (accuracy in %; "
+                                 f"{threat_model(dicts)}):\n\n{points_markdown(dicts)}")})
     t = job.tracking
     if t.register and (out / "final.pt").is_file():
         if flags and not t.register_flagged:
             print(f"[tracking] not registered as '{t.model_name or job.name}': {len(flags)} trained point(s) "
                   "flagged (collapsed or masked gradients; tag 'quality')", file=sys.stderr, flush=True)
         else:
-            tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias, [p.to_dict() for p in points])
+            tracker.register(out / "final.pt", str(t.model_name or job.name), t.alias, [p.to_dict() for p in points],
+                             model_card(job, [p.to_dict() for p in points], data, tracker.info.run_id, quality))
     t0 = time.monotonic()
     left = tracker.close("FINISHED", timeout=t.flush_timeout_s)
     if left:
@@ -626,8 +799,11 @@ class MlflowCallback(Callback):
         out.mkdir(parents=True, exist_ok=True)
         assert tracker is not None, "MlflowCallback needs tracking.enabled"
         self.tracker = tracker
+        self.data: dict[str, Any] = {}
 
     def on_start(self, run: RunContext) -> None:
+        self.data = dict(run.data)
+        self.tracker.log_dataset(self.data)  # MLflow keeps one input per data set and digest: a resume adds none
         if not (run.out / "encoding.json").is_file():
             self.tracker.log_artifact(write_encoding(run.model, run.out / "encoding.json"))
         # resumed after a crash between latest.pt and the epoch's metrics: log what the outbox never got
@@ -641,7 +817,7 @@ class MlflowCallback(Callback):
         self.tracker.log_epoch(record)
 
     def on_end(self, run: RunContext, result: TrainResult) -> None:
-        finish_tracking(self.tracker, run.job, run.out, result.test_points, run.job.train.epochs)
+        finish_tracking(self.tracker, run.job, run.out, result.test_points, self.data)
 
     def on_error(self, exc: BaseException) -> None:
         self.tracker.close("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", timeout=10)
@@ -657,9 +833,16 @@ def tracking_callbacks(job: JobConfig, out: str | Path, *, info: RunInfo | None 
 
 
 def _experiment(client: Any, name: str) -> tuple[Any, str]:
-    """The experiment ``name`` (None if it was just created) and its id, created when missing."""
+    """The experiment ``name`` (None if it was just created) and its id, created when missing; an experiment
+    without a description gets :data:`EXPERIMENT_NOTE` (how to read its charts)."""
     exp = client.get_experiment_by_name(name)
-    return exp, (exp.experiment_id if exp is not None else client.create_experiment(name))
+    if exp is None:
+        exp_id = client.create_experiment(name, tags={NOTE: EXPERIMENT_NOTE})
+    else:
+        exp_id = exp.experiment_id
+        if exp.lifecycle_stage == "active" and not exp.tags.get(NOTE):
+            client.set_experiment_tag(exp_id, NOTE, EXPERIMENT_NOTE)
+    return exp, exp_id
 
 
 def fetch_init(job: JobConfig, out: str | Path) -> Path | None:
@@ -682,9 +865,14 @@ def fetch_init(job: JobConfig, out: str | Path) -> Path | None:
 def log_result(uri: str | None, experiment: str, *, what: str, run_name: str | None = None, run_id: str | None = None,
                tags: dict[str, str] | None = None, params: dict[str, str] | None = None,
                metrics: dict[str, float] | None = None, run_tags: dict[str, str] | None = None,
-               artifacts: Iterable[Path] = (), artifact_path: str | None = None) -> str:
+               artifacts: Iterable[Path] = (), artifact_path: str | None = None,
+               curves: Mapping[int, Mapping[str, float]] | None = None,
+               note: Callable[[str], str] | None = None, replaces: str | None = None) -> str:
     """A result (a comparison, a report) as an MLflow run: into ``run_id`` when given, else a new finished run
-    ``run_name`` in ``experiment``. Any failure is one :class:`TrackingError` naming ``what``. Returns the run id."""
+    ``run_name`` in ``experiment``. ``curves``: metrics by step (curves over λ, step = round(100·λ)); ``note``:
+    the run's description, from its run id; ``replaces``: a key (tag ``oat_result_key``) whose earlier runs are
+    deleted once the new one is logged (a rerun of the same comparison leaves one run). Any failure is one
+    :class:`TrackingError` naming ``what``. Returns the run id."""
     from mlflow.entities import Metric, Param, RunTag
 
     uri = resolve_uri(uri)
@@ -692,15 +880,22 @@ def log_result(uri: str | None, experiment: str, *, what: str, run_name: str | N
     try:
         rid = run_id
         if rid is None:
-            rid = c.create_run(_experiment(c, experiment)[1], run_name=run_name, tags=tags or {}).info.run_id
+            exp_id = _experiment(c, experiment)[1]
+            old = c.search_runs([exp_id], f"tags.oat_result_key = '{replaces}'") if replaces else []
+            keyed = {**(tags or {}), **({"oat_result_key": replaces} if replaces else {})}
+            rid = c.create_run(exp_id, run_name=run_name, tags=keyed).info.run_id
         ts = int(time.time() * 1000)
-        c.log_batch(rid, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()],
+        c.log_batch(rid, metrics=[Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items()]
+                    + [Metric(k, float(v), ts, step) for step, ms in (curves or {}).items() for k, v in ms.items()],
                     params=[Param(k, str(v)) for k, v in (params or {}).items()],
-                    tags=[RunTag(k, str(v)) for k, v in (run_tags or {}).items()])
+                    tags=[RunTag(k, str(v)) for k, v in {**(run_tags or {}),
+                                                           **({NOTE: note(rid)} if note else {})}.items()])
         for f in artifacts:
             c.log_artifact(rid, str(f), artifact_path)
         if run_id is None:
             c.set_terminated(rid, "FINISHED")
+            for r in old:
+                c.delete_run(r.info.run_id)
     except Exception as exc:  # noqa: BLE001
         raise TrackingError(f"MLflow {redact(uri)}: could not log {what}: {error_reason(exc)}") from None
     return str(rid)

@@ -32,6 +32,7 @@ class RunContext:
     world: int = 1
     start_epoch: int = 0  # > 0: resumed from latest.pt
     history: list[dict[str, Any]] = field(default_factory=list)  # the epochs done before this start (resumed)
+    data: dict[str, Any] = field(default_factory=dict)  # the data set as a tracking input (DataSource.as_input)
 
     @property
     def is_main(self) -> bool:

@@ -164,7 +164,8 @@ def _build(job: JobConfig, out: Path, dist: Dist, *, resume: bool, progress: boo
                 for b in m.buffers()] if tcfg.accumulate > 1 else []
     run = _Run(job, out, dist, device, autocast_for(job, device), data, model, opt, sched, step, stepper, draws,
                train_loader, val_loader, PGD.from_config(job.attack, job.eval.val_steps), steps, prog,
-               RunContext(job, out, model, dist.rank, dist.world, state.start_epoch, list(state.history)),
+               RunContext(job, out, model, dist.rank, dist.world, state.start_epoch, list(state.history),
+                          data.as_input()),
                state.history,
                BestKeeper(out / "best", state.best), state.start_epoch, bn_stats)
     _announce(run, per_rank)
