@@ -54,8 +54,6 @@ class Browser:
         self._id = 0
 
     async def __aenter__(self) -> Browser:
-        import aiohttp
-
         chromium = shutil.which("chromium") or shutil.which("chromium-browser")
         if chromium is None:
             raise RuntimeError("chromium is not installed: infra/setup.sh installs it")
@@ -65,17 +63,31 @@ class Browser:
              "--no-first-run", f"--window-size={self.size[0]},{self.size[1]}", "--remote-debugging-port=0",
              f"--user-data-dir={self._profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert self._proc.stderr is not None
+        try:
+            await self._connect()
+        except BaseException:
+            await self.__aexit__()  # no Chromium, session or profile left behind
+            raise
+        return self
+
+    async def _connect(self) -> None:
+        import aiohttp
+
+        assert self._proc is not None and self._proc.stderr is not None
         port = None
         deadline = time.monotonic() + 60
-        while port is None and time.monotonic() < deadline:
-            line = await asyncio.to_thread(self._proc.stderr.readline)
+        while port is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("chromium did not open its DevTools endpoint within 60 s")
+            try:  # a silent Chromium is killed by __aexit__, which ends the blocked read
+                line = await asyncio.wait_for(asyncio.to_thread(self._proc.stderr.readline), left)
+            except TimeoutError:
+                continue
             if not line and self._proc.poll() is not None:
                 raise RuntimeError(f"chromium exited ({self._proc.returncode}) before its DevTools endpoint opened")
             m = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
             port = int(m.group(1)) if m else None
-        if port is None:
-            raise RuntimeError("chromium did not open its DevTools endpoint within 60 s")
         # stderr keeps being written: drain it so Chromium never blocks on a full pipe
         asyncio.get_running_loop().run_in_executor(None, self._proc.stderr.read)
         targets = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10).read())
@@ -85,7 +97,6 @@ class Browser:
         await self.send("Page.enable")
         await self.send("Emulation.setDeviceMetricsOverride",
                         width=self.size[0], height=self.size[1], deviceScaleFactor=1, mobile=False)
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:
@@ -120,7 +131,10 @@ class Browser:
     async def wait_for(self, expression: str, what: str, timeout: float | None = None) -> Any:
         deadline = time.monotonic() + (timeout or self.timeout)
         while time.monotonic() < deadline:
-            value = await self.eval(expression)
+            try:
+                value = await self.eval(expression)
+            except RuntimeError:  # the page is still loading (a navigation replaced its context): ask again
+                value = None
             if value:
                 return value
             await asyncio.sleep(0.5)

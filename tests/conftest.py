@@ -124,7 +124,7 @@ def mlflow_uri(stack):
 # fixtures that start a real service (S3 server, Ray cluster, the local stack): a test that uses one, directly or
 # through another fixture, belongs to the integration tier and must say so (`pytest -m "not integration"` is the
 # unit tier, docs/development.md)
-SERVICE_FIXTURES = frozenset({"s3_server", "ray_cluster", "stack"})
+SERVICE_FIXTURES = frozenset({"s3_server", "ray_cluster", "stack", "main_job"})
 
 
 def pytest_collection_modifyitems(config, items):

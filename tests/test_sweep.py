@@ -191,7 +191,7 @@ def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, m
     c = MlflowClient(mlflow_uri)
     exp = c.get_experiment_by_name("sweeps")
     (run,) = c.search_runs([exp.experiment_id], "tags.kind = 'comparison'")
-    delta = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "vs_dedicated/delta_robust_acc")}
+    delta = {m.step: m.value for m in c.get_metric_history(run.info.run_id, "vs_dedicated/delta_robust_acc/pgd3")}
     assert delta == {0: pytest.approx(res["rows"][0]["delta_robust"]),
                      100: pytest.approx(res["rows"][1]["delta_robust"])}
     note = run.data.tags["mlflow.note.content"]

@@ -91,6 +91,17 @@ def test_the_test_curve_is_one_key_per_quantity_and_attack_with_step_100_lambda(
             _validate_metric_name(name)
 
 
+def test_a_long_description_is_cut_at_a_line_and_keeps_its_table_closed():
+    from pipeline.platform.registry import fit_note
+
+    text = "intro\n\n```\n" + "\n".join(f"row {i:04d}  98.7  38.0" for i in range(600)) + "\n```\nafter"
+    cut = fit_note(text, 5000)
+    assert len(cut) <= 5000 and cut.startswith("intro\n\n```\nrow 0000")
+    assert cut.count("```") == 2 and "cut to fit MLflow's limit" in cut.splitlines()[-1]
+    assert all(line.startswith(("row", "```", "intro", "…")) or not line for line in cut.splitlines())
+    assert fit_note("short", 5000) == "short"
+
+
 def test_model_card_and_descriptions_say_what_a_model_serves_and_how_it_scored():
     from pipeline.platform.tracking import model_card, points_markdown
 

@@ -126,6 +126,13 @@ def _plot(pts: list[Point], dedicated_series: list[Point], method: str, dest: Pa
     return plot_tradeoff(series, dest / "compare.png", title=f"{method} vs dedicated PGDAT (test split)")
 
 
+def _row_labels(result: dict[str, Any]) -> dict[tuple[float, float], str]:
+    """Per compared (λ, width), the label of the attack its row is compared under."""
+    pts = {(p.lam, p.width, p.attack): p for p in map(Point.from_dict, result["oat_points"])}
+    return {(r["lambda"], r["width"]): attack_label(pts[(r["lambda"], r["width"], r["attack"])])
+            if (r["lambda"], r["width"], r["attack"]) in pts else str(r["attack"]) for r in result["rows"]}
+
+
 def comparison_note(result: dict[str, Any], run_id: str) -> str:
     """The comparison in words for the compare run's description: the table (λ, SA and the quoted attack's
     accuracy per method, Δ), the compute ratio, and the plot (shown inline by the MLflow UI, and linked)."""
@@ -134,16 +141,21 @@ def comparison_note(result: dict[str, Any], run_id: str) -> str:
     method, label = result["method"], result["attack_label"]
     widths = sorted({r["width"] for r in result["rows"]}, reverse=True)
     wcol = ["width"] if widths != [1.0] else []
-    cols = ["λ", *wcol, f"SA {method}", "SA PGDAT", "Δ SA", f"{label} {method}", f"{label} PGDAT", f"Δ {label}"]
+    labels = _row_labels(result)
+    mixed = len(set(labels.values())) > 1  # OATS with eval.strong_widths: other widths under PGD, said per row
+    ra = "RA" if mixed else label
+    cols = ["λ", *wcol, f"SA {method}", "SA PGDAT", "Δ SA", f"{ra} {method}", f"{ra} PGDAT", f"Δ {ra}",
+            *(["attack"] if mixed else [])]
     rows = []
     for r in sorted(result["rows"], key=lambda r: (-r["width"], r["lambda"])):
         at = [f"{r['width']:g}" + ("" if r["dedicated_width"] == r["width"] else " (vs 1)")] if wcol else []
         rows.append([f"{r['lambda']:g}", *at] + [f"{100 * r[k]:.1f}" for k in ("clean_acc", "dedicated_clean_acc")]
                     + [f"{100 * r['delta_clean']:+.1f}"]
                     + [f"{100 * r[k]:.1f}" for k in ("robust_acc", "dedicated_robust_acc")]
-                    + [f"{100 * r['delta_robust']:+.1f}"])
+                    + [f"{100 * r['delta_robust']:+.1f}"] + ([labels[(r["lambda"], r["width"])]] if mixed else []))
+    under = "the attack of each row" if mixed else label
     lines = [f"**{method} against the dedicated PGDAT models** (`{result['sweep']}`), test split, accuracy in %; "
-             f"robust accuracy under {label}, Δ = {method} − PGDAT.", "", md_table(cols, rows)]
+             f"robust accuracy (RA) under {under}, Δ = {method} − PGDAT.", "", md_table(cols, rows)]
     cost = result["cost"]
     if cost.get("ratio"):
         lines += ["", f"**Compute**: one {method} run costs {cost['ratio']:.2f}× the {cost['dedicated_models']} "
@@ -152,23 +164,26 @@ def comparison_note(result: dict[str, Any], run_id: str) -> str:
     url = f"get-artifact?path=compare.png&run_uuid={run_id}"
     lines += ["", f"![clean, robust and trade-off panels]({url})", "",
               f"The plot: [compare.png]({url}) (artifacts); the table as text: `compare.txt`. The curves "
-              "`vs_dedicated/delta_clean_acc` and `vs_dedicated/delta_robust_acc` are the Δ over λ (step = 100·λ)."]
+              "`vs_dedicated/delta_clean_acc` and `vs_dedicated/delta_robust_acc/<attack>` are the Δ over λ "
+              "(step = 100·λ)."]
     return "\n".join(lines)
 
 
 def log_comparison(result: dict[str, Any], folder: Path, uri: str | None, experiment: str) -> str:
     """The comparison as an MLflow run: the differences as curves over λ (``vs_dedicated/delta_clean_acc``,
-    ``vs_dedicated/delta_robust_acc``, ``/w_0.5`` per OATS width, step = round(100·λ)), the cost, the plot, the table,
-    and the table in its description."""
+    ``vs_dedicated/delta_robust_acc/<attack>``, ``/w_0.5`` per OATS width, step = round(100·λ)), the cost, the
+    plot, the table, and the table in its description."""
     from pipeline.platform.tracking import log_result
-    from pipeline.training.metrics import curve_step
+    from pipeline.training.metrics import attack_key, curve_step
 
+    pts = {(p["lambda"], p["width"], p["attack"]): p for p in result["oat_points"]}
     curves: dict[int, dict[str, float]] = {}
     for r in result["rows"]:
         suffix = "" if r["width"] == 1.0 else f"/w_{r['width']:g}"
+        attack = attack_key(pts.get((r["lambda"], r["width"], r["attack"]), {"attack": r["attack"]}))
         curves.setdefault(curve_step(r["lambda"]), {}).update({
             f"vs_dedicated/delta_clean_acc{suffix}": float(r["delta_clean"]),
-            f"vs_dedicated/delta_robust_acc{suffix}": float(r["delta_robust"])})
+            f"vs_dedicated/delta_robust_acc/{attack}{suffix}": float(r["delta_robust"])})
     # one chart section ("vs_dedicated"), after the "test" curves (the UI orders sections by name)
     metrics = {f"vs_dedicated/{'cost_' if k == 'ratio' else ''}{k}": float(v) for k, v in result["cost"].items()
                if k in ("oat_worker_s", "sweep_worker_s", "ratio") and v is not None}

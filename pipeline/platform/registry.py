@@ -16,6 +16,25 @@ from typing import Any
 
 from pipeline.platform.serving import CODE_FILE, requirements, serving_code, signature_for
 
+DECISION_HEADING = "### Retraining decision"
+CARD_LIMIT = 5000  # MLflow's model-version description column (String(5000) on PostgreSQL and MySQL)
+NOTE_LIMIT = 8000  # MLflow's run-tag value limit (a run's description is the tag mlflow.note.content)
+
+
+def fit_note(text: str, limit: int) -> str:
+    """A description within ``limit`` characters: cut at a line, a fenced table closed again, and said so."""
+    if len(text) <= limit:
+        return text
+    tail = "\n… (cut to fit MLflow's limit: every point is in the run's eval.json)"
+    lines, out = text.splitlines(), list[str]()
+    for line in lines:
+        if sum(len(x) + 1 for x in out) + len(line) + len(tail) + 8 > limit:
+            break
+        out.append(line)
+    if sum(1 for x in out if x.startswith("```")) % 2:  # inside a fenced block: close it
+        out.append("```")
+    return "\n".join(out) + tail
+
 
 def register_model(info: Any, checkpoint: Path, name: str, alias: str | None,
                    curve: dict[str, str] | None = None, card: str = "") -> int:
@@ -55,7 +74,7 @@ def register_model(info: Any, checkpoint: Path, name: str, alias: str | None,
                      "input_shape": "x".join(map(str, model.input_shape)), **(curve or {})}.items():
             client.set_model_version_tag(name, str(version), k, str(v))
         if card:
-            client.update_model_version(name, str(version), description=card)
+            client.update_model_version(name, str(version), description=fit_note(card, CARD_LIMIT))
     if alias:
         client.set_registered_model_alias(name, alias, str(version))
     return version
@@ -91,9 +110,9 @@ def record_decision(client: Any, name: str, version: str, run_id: str, version_t
     for k, v in version_tags.items():
         client.set_model_version_tag(name, version, k, v)
     decision = "\n".join(f"* {k.replace('_', ' ')}: {v}" for k, v in version_tags.items())
-    card = client.get_model_version(name, version).description or ""
-    if "### Retraining decision" not in card:  # a decision is recorded once per version
-        client.update_model_version(name, version, description=f"{card}\n\n### Retraining decision\n\n{decision}"
-                                    .strip())
+    # the card keeps one decision section, the latest (a rerun of the same retraining may decide otherwise)
+    card = (client.get_model_version(name, version).description or "").split(DECISION_HEADING)[0].rstrip()
+    client.update_model_version(name, version, description=fit_note(f"{card}\n\n{DECISION_HEADING}\n\n{decision}"
+                                                                     .strip(), CARD_LIMIT))
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in run_tags.items()])
     client.set_registered_model_alias(name, alias, version)

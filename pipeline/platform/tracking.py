@@ -25,6 +25,7 @@ that the experiment's default charts are the trade-off curves of every run; one 
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import hashlib
 import json
@@ -128,6 +129,12 @@ draws OAT, OATS and the sweep of dedicated PGDAT models as lines over λ on the 
   the differences as `vs_dedicated/delta_*` curves, and `compare.png`.
 * The registered model's versions carry a model card (which λ it serves, its test table, the threat model).
 """
+
+
+def _fit(text: str) -> str:
+    from pipeline.platform.registry import NOTE_LIMIT, fit_note
+
+    return fit_note(text, NOTE_LIMIT)
 
 
 def _pct(x: Any) -> str:
@@ -510,7 +517,11 @@ class Tracker:
         self._put({"t": "points", "points": pts, "split": split, "ts": int(time.time() * 1000)})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self._put({"t": "tags", "tags": {k: str(v)[:5000] for k, v in tags.items()}})
+        """Tags (a description, ``mlflow.note.content``, is cut at a line to fit MLflow's limit)."""
+        from pipeline.platform.registry import NOTE_LIMIT, fit_note
+
+        self._put({"t": "tags", "tags": {k: fit_note(str(v), NOTE_LIMIT) if k == NOTE else str(v)[:5000]
+                                         for k, v in tags.items()}})
 
     def log_dataset(self, data: Mapping[str, Any], context: str = "training") -> None:
         """The run's data set as an MLflow input (``DataSource.as_input``: name, fingerprint as digest, origin,
@@ -841,7 +852,9 @@ def _experiment(client: Any, name: str) -> tuple[Any, str]:
     else:
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "active" and not exp.tags.get(NOTE):
-            client.set_experiment_tag(exp_id, NOTE, EXPERIMENT_NOTE)
+            # best effort: a user who may log runs but not edit the experiment still trains
+            with contextlib.suppress(Exception):
+                client.set_experiment_tag(exp_id, NOTE, EXPERIMENT_NOTE)
     return exp, exp_id
 
 
@@ -889,7 +902,7 @@ def log_result(uri: str | None, experiment: str, *, what: str, run_name: str | N
                     + [Metric(k, float(v), ts, step) for step, ms in (curves or {}).items() for k, v in ms.items()],
                     params=[Param(k, str(v)) for k, v in (params or {}).items()],
                     tags=[RunTag(k, str(v)) for k, v in {**(run_tags or {}),
-                                                           **({NOTE: note(rid)} if note else {})}.items()])
+                                                           **({NOTE: _fit(note(rid))} if note else {})}.items()])
         for f in artifacts:
             c.log_artifact(rid, str(f), artifact_path)
         if run_id is None:
