@@ -112,7 +112,7 @@ def test_sweep_trains_one_tracked_ray_train_run_per_lambda(sweep_run, mlflow_uri
     # the dedicated models' curve over λ (step = 100·λ) on the parent, its table in the description
     assert sorted(m.step for m in c.get_metric_history(parent.info.run_id, "test/clean_acc")) == [0, 100]
     assert parent.data.tags["mlflow.note.content"].startswith("**Dedicated PGDAT models** on digits")
-    assert re.search(r"\n +λ +width +clean +PGD-3\n", parent.data.tags["mlflow.note.content"])
+    assert re.search(r"\n *λ +width +clean +PGD-3\n", parent.data.tags["mlflow.note.content"])
 
 
 @pytest.mark.integration
@@ -196,7 +196,7 @@ def test_compare_tables_the_oat_model_against_the_sweep(sweep_run, comparison, m
                      100: pytest.approx(res["rows"][1]["delta_robust"])}
     note = run.data.tags["mlflow.note.content"]
     assert f"get-artifact?path=compare.png&run_uuid={run.info.run_id}" in note
-    assert re.search(r"\n +λ +SA OAT +SA PGDAT +Δ SA +PGD-3 OAT +PGD-3 PGDAT +Δ PGD-3\n", note)
+    assert re.search(r"\n *λ +SA OAT +SA PGDAT +Δ SA +PGD-3 OAT +PGD-3 PGDAT +Δ PGD-3\n", note)
     assert {f.path for f in c.list_artifacts(run.info.run_id)} >= {"compare.png", "compare.json", "compare.txt"}
 
 

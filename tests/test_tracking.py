@@ -216,7 +216,7 @@ def test_run_has_params_tags_metrics_and_artifacts_in_the_bucket(tracked, stack,
     assert not any("/lam_" in k for k in run.data.metrics if k.startswith("test/"))
     # the description says what the run is and holds its test table; the data set is an input
     note = run.data.tags["mlflow.note.content"]
-    assert note.startswith("**OAT** on digits") and re.search(r"\n +λ +clean +PGD-3\n", note)
+    assert note.startswith("**OAT** on digits") and re.search(r"\n *λ +clean +PGD-3\n", note)
     (inp,) = run.inputs.dataset_inputs
     assert inp.dataset.name == "digits" and len(inp.dataset.digest) == 16
     assert json.loads(inp.dataset.profile)["test"] == 397 and "scikit-learn" in inp.dataset.source

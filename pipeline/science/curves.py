@@ -214,12 +214,14 @@ def plot_tradeoff(series: dict[str, Sequence[Point]], path: str | Path, title: s
     """Two panels against λ (SA and RA), plus RA against SA: one line per series (and per width)."""
     # matplotlib's object API, not pyplot: pyplot's first import installs an IPython display hook; a Figure needs no
     # backend switch and no global state. Its canvas still reads IPython.version_info when IPython is in sys.modules:
-    # in a Ray worker whose tracker thread is importing IPython at that moment (MLflow's notebook check) it saw a
-    # half-imported module and failed a sweep trial ("partially initialized module 'IPython'", CI 2026-12-03 and
-    # -07). Importing it here waits for that import to finish (Python's per-module import lock).
-    import sys
+    # in a Ray worker where another thread was importing IPython at that moment (MLflow's notebook check, Ray's own)
+    # it saw a half-imported module and failed a sweep trial ("partially initialized module 'IPython'", CI
+    # 2026-12-03 and -07). Waiting only for an import already under way left a window (one more failure on
+    # 2026-12-07): where IPython is installed it is imported here, whole, first (once per process, 0.15 s); another
+    # thread's import then finds it complete, and matplotlib's check (cached per process) reads a whole module.
+    import importlib.util
 
-    if "IPython" in sys.modules:
+    if importlib.util.find_spec("IPython") is not None:
         import IPython  # noqa: F401
     from matplotlib.figure import Figure
 
