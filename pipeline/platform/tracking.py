@@ -178,10 +178,13 @@ def points_markdown(points: Iterable[Mapping[str, Any]]) -> str:
     return md_table(cols, rows)
 
 
+NORM_NAMES = {"linf": "L∞", "l2": "L2"}
+
+
 def threat_words(job: JobConfig) -> str:
     """``L∞ ε = 0.2, training attack PGD-10``."""
     a = job.attack
-    norm = {"linf": "L∞", "l2": "L2"}.get(a.norm, a.norm)
+    norm = NORM_NAMES.get(a.norm, a.norm)
     return f"{norm} ε = {a.eps:g}, training attack PGD-{a.steps}"
 
 
@@ -193,7 +196,7 @@ def threat_model(points: Iterable[Mapping[str, Any]]) -> str:
     if not head:
         return ""
     p = Point.from_dict({k: v for k, v in next(iter(head.values())).items() if k != "by_attack"})
-    norm = {"linf": "L∞", "l2": "L2"}.get(p.norm, p.norm)
+    norm = NORM_NAMES.get(p.norm, p.norm)
     return (f"{norm} ε = {p.eps:.4g} on images in [0, 1]; test split, {p.n} images; robust accuracy quoted under "
             f"{attack_label(p)}")
 
@@ -229,7 +232,7 @@ def model_card(job: JobConfig, points: Iterable[Mapping[str, Any]], data: Mappin
     pts = [dict(p) for p in points]
     m = job.method
     method = get_method(m.name)
-    lams = ", ".join(f"{x:g}" for x in (m.lambda_choices if method.conditioned else [m.Lambda]))
+    lams = ", ".join(f"{x:g}" for x in job.lambdas)
     serves = f"λ ∈ {{{lams}}}"
     if method.slimmable:
         serves += f" and width ∈ {{{', '.join(f'{w:g}' for w in job.model.widths or [1.0])}}}"
