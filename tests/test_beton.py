@@ -266,10 +266,15 @@ def test_distributed_shards_are_disjoint_and_reseeded_each_epoch(tmp_path):
 
 
 @pytest.mark.integration
-def test_the_loader_keeps_torchs_thread_count(digits_set):
+def test_the_loader_keeps_torchs_thread_count_and_ffcv_its_tables(digits_set):
     """Importing FFCV sets torch's intra-op threads to 1 (its compiler's default). The training step must keep
     the threads it was given: in a fresh process (the import happens once per process), building and iterating
-    a loader leaves torch's thread count as it was."""
+    a loader leaves torch's thread count as it was.
+
+    The same process checks what ``import_ffcv`` relies on to skip numba's typed-dict compilation (5 s per
+    process): FFCV's JPEG/raw mode table holds the same codes as a plain dict, numba's ``Dict`` is itself again
+    afterwards, and the only FFCV modules that bound the plain one are rgb_image (which reads the table in Python)
+    and memory_managers.base (which imports the name and never uses it)."""
     import subprocess
     import sys
 
@@ -278,8 +283,16 @@ def test_the_loader_keeps_torchs_thread_count(digits_set):
             f"d = open_data(DataConfig(dataset='digits', beton={str(digits_set)!r}))\n"
             "ld = d.loader('train', 64, device=torch.device('cpu'), train=True)\n"
             "seen = [torch.get_num_threads()]\nfor x, y in ld:\n    seen.append(torch.get_num_threads())\n"
+            "import sys, inspect, numba.typed, ffcv.fields.rgb_image as rgb, ffcv.memory_managers.base as mm\n"
+            "plain = sorted(n for n, m in list(sys.modules.items()) if n.startswith('ffcv') and "
+            "getattr(m, 'Dict', None) is dict)\n"
+            "print(plain, numba.typed.Dict.__module__, type(rgb.IMAGE_MODES).__name__, dict(rgb.IMAGE_MODES), "
+            "inspect.getsource(mm).count('Dict'))\n"
             "print(sorted(set(seen)))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().splitlines()[-1] == "[2]", r.stdout
+    tables, threads = r.stdout.strip().splitlines()[-2:]
+    assert threads == "[2]", r.stdout
+    assert tables == ("['ffcv.fields.rgb_image', 'ffcv.memory_managers.base'] numba.typed.typeddict dict "
+                      "{'jpg': 0, 'raw': 1} 1"), tables

@@ -155,6 +155,9 @@ class _Samples:
 
 def write_split(images: ImageSet, path: Path, workers: int = 2) -> dict[str, Any]:
     """Write one split to ``path`` through a temporary name; returns its manifest entry."""
+    from pipeline.data.ffcv_loader import import_ffcv
+
+    import_ffcv()
     from ffcv.fields import IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 

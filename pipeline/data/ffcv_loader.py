@@ -13,6 +13,9 @@ numba's per-thread generators and are not reproducible run to run; the order is.
 
 A new FFCV loader JIT-compiles its pipeline on its first pass (about 1 s without augmentation, 10–20 s
 with it), so loaders are built once per process and reused (``_LOADERS``).
+
+FFCV is imported through :func:`import_ffcv`, never at module level: importing it costs 0.5 s that way instead
+of 6 s (see there), in every process that builds a loader or writes a set (each Ray Train worker).
 """
 
 from __future__ import annotations
@@ -29,9 +32,35 @@ from pipeline.data.datasets import DataError
 _LOADERS: dict[tuple[Any, ...], Any] = {}
 
 
+def import_ffcv() -> None:
+    """Import FFCV without its 5 s of numba compilation at import time.
+
+    ``ffcv.fields.rgb_image`` fills a module-level ``numba.typed.Dict`` with its two JPEG/raw mode codes
+    (``IMAGE_MODES``), and building a typed dict compiles numba's dictionary code: about 5 of the 6 s that
+    ``import ffcv`` takes on a 2-core machine, paid again by every process that builds a loader (each Ray Train
+    worker). FFCV reads that table only in Python (to pick the mode constants its JPEG decoder closes over, and
+    when writing an RGB field), never inside compiled code, so a plain ``dict`` with the same entries behaves the
+    same. ``numba.typed.Dict`` is a plain ``dict`` only while FFCV's package imports (``import ffcv`` imports its
+    loader, writer and every field); the one other FFCV module that binds the name (``memory_managers.base``)
+    never uses it. tests/test_beton.py checks both facts against the installed FFCV."""
+    import sys
+
+    if "ffcv" in sys.modules:
+        return
+    import numba.typed
+
+    typed_dict = numba.typed.Dict
+    numba.typed.Dict = dict
+    try:
+        import ffcv  # noqa: F401
+    finally:
+        numba.typed.Dict = typed_dict
+
+
 def _build(path: Path, batch_size: int, shuffle: bool, drop_last: bool, augment: str | None, device: torch.device,
            seed: int, distributed: bool, workers: int, limit: int | None, count: int, shard: tuple[int, int]) -> Any:
     threads = torch.get_num_threads()  # before the import: importing FFCV sets torch's thread count to 1
+    import_ffcv()
     import numpy as np
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
