@@ -65,7 +65,7 @@ def cost_of(history: list[dict[str, Any]], workers: int) -> float:
 def _trial(config: dict[str, Any]) -> None:
     """One Tune trial: the PGDAT job at ``config["lam"]`` (and ``config["width"]``) as a Ray Train run, then its
     test points; what it prints also goes to the driver's console."""
-    from pipeline.launch.ray_run import console_to_driver
+    from pipeline.launch.console import console_to_driver
 
     with console_to_driver():
         _run_trial(config)
@@ -150,7 +150,8 @@ def run_sweep(job: JobConfig, *, name: str | None = None, storage_path: str | No
               address: str | None = None, out: str | Path | None = None) -> SweepResult:
     """One Tune trial per (λ, width) of the dedicated PGDAT models, resumable; ``sweep.json`` and the curve."""
     from pipeline.data import s3 as storage
-    from pipeline.launch.ray_run import Console, begin_tracking, join_first, ray_init, storage_location
+    from pipeline.launch.console import Console
+    from pipeline.launch.ray_run import begin_tracking, join_first, ray_init, storage_location
     from pipeline.platform import tracking
 
     join_first(address)
