@@ -18,7 +18,7 @@ import time
 from benchmarks.common import RESULTS
 
 SUITE = {  # name -> (full arguments, quick arguments)
-    "step_time": (["--batch", "16", "--repeats", "3", "--channels-last"], ["--batch", "4", "--repeats", "2"]),
+    "step_time": (["--batch", "16", "--repeats", "3"], ["--batch", "4", "--repeats", "2", "--layout-batch", "16"]),
     "routing": (["--repeats", "30"], ["--repeats", "10"]),
     "evaluation": ([], ["--epochs", "3", "--images", "200", "--aa-images", "100", "--repeats", "1"]),
     "data_loader": ([], ["--images", "6000", "--epochs", "2", "--oat-epochs", "2"]),

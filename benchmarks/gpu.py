@@ -5,7 +5,9 @@ without bf16 autocast and torch.compile, as a fraction of the GPU's measured mat
     .venv/bin/python -m benchmarks.gpu [--batch 128] [--steps 20] [--compile oat|all|none]
 
 For every (backbone, method, AMP on/off, compile on/off) it times ``--steps`` optimiser steps after a warm-up
-(compilation included in the warm-up, reported as ``compile_s``), with channels-last inputs and weights.
+(compilation included in the warm-up, reported as ``compile_s``), with channels-last inputs and weights; the
+OAT step of each backbone is also timed in both memory layouts, with and without bf16 autocast (``layouts``:
+what ``train.channels_last``'s default rests on).
 The FLOPs of a step are counted once per (backbone, method) with torch's FlopCounterMode (fp32, eager), so
 the achieved rate is FLOPs / time whatever the precision. The peak is measured in the same run: the bf16
 and the fp32 (TF32 off) matrix-multiply rates of an 8192² product. ``fraction_of_bf16_peak`` of the OAT
@@ -30,7 +32,7 @@ import torch
 
 from benchmarks.common import matmul_rate, median, timed, write_result
 from benchmarks.evaluation import bf16_against_fp32, train_digits
-from benchmarks.step_time import make_step
+from benchmarks.step_time import layouts, make_step
 
 CIFAR10_TRAIN = 50_000
 
@@ -104,6 +106,12 @@ def main() -> None:
                     del st
                     if cuda:
                         torch.cuda.empty_cache()
+    # the layout behind train.channels_last's default, on this GPU: the OAT step contiguous and channels-last
+    layout_rows = [r for amp in (False, True) for r in layouts(a.backbones, a.batch, a.steps, a.device, amp=amp)]
+    for r in layout_rows:
+        print(f"{r['backbone']:<9} oat    amp={'on ' if r['amp'] else 'off'} channels-last "
+              f"{r['channels_last_speedup']:.2f}× the contiguous step ({r['contiguous_s'] * 1e3:.1f} → "
+              f"{r['channels_last_s'] * 1e3:.1f} ms)", flush=True)
     check = bf16_check(a.device, a.check_epochs, a.check_images, a.check_steps) if a.check_epochs else None
     if check:
         print(f"bf16 vs fp32 PGD-20 RA on digits ({check['images']} images): largest difference "
@@ -111,7 +119,7 @@ def main() -> None:
     body = {"config": {"device": a.device, "batch": a.batch, "steps": a.steps, "warmup": a.warmup,
                        "channels_last": True, "tf32": False, "attack": "PGD-7 linf 8/255 (train)",
                        "compile": a.compile},
-            "peak_gflops": peak, "results": rows, "bf16_check": check}
+            "peak_gflops": peak, "results": rows, "layouts": layout_rows, "bf16_check": check}
     path = write_result("gpu", body, a.out)
     print(f"wrote {path}")
 

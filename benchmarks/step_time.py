@@ -2,13 +2,17 @@
 trade-off curve costs each way.
 
     .venv/bin/python -m benchmarks.step_time [--batch 16] [--repeats 3] [--backbones wrn16_8 resnet34]
-                                             [--channels-last]
+                                             [--layout-backbones wrn16_8 resnet34 lenet small_cnn]
 
 For each backbone (32×32×3 input, the reference constants: PGD-7, ε = 8/255) it times one optimiser
 step of PGDAT (Λ = 0.5: the attack runs on the whole batch; Λ = 0: standard training, no attack), OAT
 (PGD on the λ > 0 share only) and OATS (three widths), counts the step's FLOPs (torch's FlopCounterMode,
 on the warm-up step), and measures the machine's fp32 matrix-multiply rate in the same run. Medians over
-``--repeats`` steps. ``--channels-last`` adds the OAT step in channels-last memory format.
+``--repeats`` steps. The OAT step is also timed in channels-last memory format.
+
+Layouts: the OAT step of each of ``--layout-backbones`` in both memory layouts, on its reference data set's
+image shape (WRN and ResNet-34 on CIFAR-10, LeNet on MNIST, the small CNN on digits), at ``--layout-batch``:
+the measurement behind ``train.channels_last``'s default.
 
 The curve: the reference's λ set {0, 0.1, 0.2, 0.3, 0.4, 1} needs one OAT model, or a PGDAT sweep of six
 (one standard-training model and five adversarial ones); for the same epochs and batch the compute ratio
@@ -59,12 +63,12 @@ def _fb_flops(model, width: float, train: bool, shape=(3, 32, 32)) -> float:
     return counter.get_total_flops() / 2
 
 
-def step_flops(model, method: str, batch: int, steps: int, n_zero: int) -> float:
+def step_flops(model, method: str, batch: int, steps: int, n_zero: int, shape=(3, 32, 32)) -> float:
     """FLOPs of one step, composed the way the step runs: clean fwd/bwd of the batch, ``steps`` PGD
     iterations and one adversarial fwd/bwd of the attacked samples (PGDAT: all; OAT: the λ > 0 share)."""
     total = 0.0
     for w in (model.widths if method == "oats" else [1.0]):
-        train, atk = _fb_flops(model, w, True), _fb_flops(model, w, False)
+        train, atk = _fb_flops(model, w, True, shape), _fb_flops(model, w, False, shape)
         n_adv = batch - n_zero
         total += batch * train + n_adv * (steps * atk + train)
     return total
@@ -81,26 +85,30 @@ class Step:
 
 
 def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, device: str = "cpu",
-              channels_last: bool = False, amp: bool = False, compile: bool = False) -> Step:
+              channels_last: bool = False, amp: bool = False, compile: bool = False,
+              dataset: str = "cifar10") -> Step:
     """The step as training runs it (pipeline.science.methods), with the reference constants (PGD-7, ε = 8/255,
-    6 λ choices, OATS widths 0.25–1). ``amp``: bf16 autocast around the step (CUDA); ``compile``:
-    pipeline.training.setup.compile_model."""
-    job = job_from_dict({"data": {"dataset": "cifar10"}, "model": {"backbone": backbone},
+    6 λ choices, OATS widths 0.25–1) on random images of ``dataset``'s shape. ``amp``: bf16 autocast around the
+    step (CUDA); ``compile``: pipeline.training.setup.compile_model."""
+    from pipeline.data.datasets import get_dataset
+
+    job = job_from_dict({"data": {"dataset": dataset}, "model": {"backbone": backbone},
                          "method": {"name": method, "Lambda": Lambda}})
+    shape = get_dataset(dataset).image_shape
     torch.manual_seed(0)
-    model = build_model(spec_from_job(job, 3, 10, [32, 32])).to(device).train()
+    model = build_model(spec_from_job(job, shape[0], 10, list(shape[1:]))).to(device).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     attack = PGD.from_config(job.attack)
     sampler = LambdaSampler(job.method.lambda_choices, generator=torch.Generator().manual_seed(0))
     n_zero = sampler.n_zero(batch) if get_method(method).conditioned else (batch if Lambda == 0 else 0)
-    flops = step_flops(model, method, batch, attack.steps, n_zero)
+    flops = step_flops(model, method, batch, attack.steps, n_zero, shape)
     if compile:
         from pipeline.training.setup import compile_model
 
         compile_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+    x = torch.rand(batch, *shape, device=device).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (batch,), device=device)
     ctx = (lambda: torch.autocast(torch.device(device).type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
@@ -116,6 +124,27 @@ def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, de
 
     label = (method if method != "pgdat" else f"pgdat Λ={Lambda:g}") + (" (channels-last)" if channels_last else "")
     return Step(run, model, flops, label)
+
+
+# each backbone's layout is timed on its reference data set's image shape (the default job's backbone for it)
+LAYOUT_DATA = {"wrn16_8": "cifar10", "resnet34": "cifar10", "wrn40_2": "cifar10", "resnet18": "stl10",
+               "lenet": "mnist5k", "small_cnn": "digits"}
+
+
+def layouts(backbones: list[str], batch: int, repeats: int, device: str = "cpu", amp: bool = False) -> list[dict]:
+    """The OAT step of each backbone in both memory layouts (contiguous NCHW and channels-last), on its reference
+    data set's image shape: what ``train.channels_last``'s default rests on."""
+    rows = []
+    for bb in backbones:
+        ds = LAYOUT_DATA.get(bb, "cifar10")
+        sec = {}
+        for cl in (False, True):
+            st = make_step(bb, "oat", batch, device=device, channels_last=cl, amp=amp, dataset=ds)
+            sec[cl] = median(timed(st.run, repeats, warmup=1, device=device))
+        rows.append({"backbone": bb, "dataset": ds, "batch": batch, "device": device, "amp": amp,
+                     "contiguous_s": sec[False], "channels_last_s": sec[True],
+                     "channels_last_speedup": sec[False] / sec[True]})
+    return rows
 
 
 def bench(backbone: str, method: str, batch: int, repeats: int, Lambda: float = 0.5,
@@ -144,7 +173,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backbones", nargs="+", default=["wrn16_8", "resnet34"])
-    ap.add_argument("--channels-last", action="store_true", help="add the OAT step in channels-last format")
+    ap.add_argument("--layout-backbones", nargs="*", default=["wrn16_8", "resnet34", "lenet", "small_cnn"],
+                    help="backbones whose OAT step is timed in both memory layouts (nothing: skip)")
+    ap.add_argument("--layout-batch", type=int, default=64, help="batch of the layout comparison")
     ap.add_argument("--out", default=str(RESULTS / "step_time.json"))
     a = ap.parse_args()
     rate_before = matmul_rate()
@@ -152,8 +183,7 @@ def main() -> None:
     for bb in a.backbones:
         rows.append(bench(bb, "pgdat", a.batch, a.repeats, Lambda=0.0))
         rows += [bench(bb, m, a.batch, a.repeats) for m in ("pgdat", "oat", "oats")]
-        if a.channels_last:
-            rows.append(bench(bb, "oat", a.batch, a.repeats, channels_last=True))
+        rows.append(bench(bb, "oat", a.batch, a.repeats, channels_last=True))
     rate = max(rate_before, matmul_rate())
     for r in rows:
         base = next(p for p in rows if p["backbone"] == r["backbone"] and p["method"] == "pgdat Λ=0.5")
@@ -163,7 +193,8 @@ def main() -> None:
            "machine": machine(), "matmul_gflops_fp32": rate,
            "config": {"batch": a.batch, "repeats": a.repeats, "input": [3, 32, 32], "attack": "PGD-7 linf 8/255",
                       "vs_pgdat": "PGDAT at Λ = 0.5 (the attack on the whole batch)"},
-           "results": rows, "curve": {bb: curve_cost(rows, bb) for bb in a.backbones}}
+           "results": rows, "curve": {bb: curve_cost(rows, bb) for bb in a.backbones},
+           "layouts": layouts(a.layout_backbones, a.layout_batch, a.repeats)}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"fp32 matmul rate: {rate:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
@@ -176,6 +207,9 @@ def main() -> None:
     for bb, c in doc["curve"].items():
         print(f"{bb}: a 6-λ curve with OAT costs {c['oat_vs_sweep']:.2f}× the PGDAT sweep's compute"
               + (f" (OATS, 3 widths: {c['oats_vs_sweep']:.2f}×)" if "oats_vs_sweep" in c else ""))
+    for r in doc["layouts"]:
+        print(f"{r['backbone']} on {r['dataset']} (batch {r['batch']}): OAT step {r['contiguous_s']:.3f} s contiguous, "
+              f"{r['channels_last_s']:.3f} s channels-last ({r['channels_last_speedup']:.2f}×)")
     print(f"wrote {a.out}")
 
 

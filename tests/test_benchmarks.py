@@ -50,6 +50,10 @@ def test_gpu_script_measures_every_variant_and_the_bf16_check(results):
     for r in rows:
         assert r["gflop_per_step"] > 0 and r["images_per_s"] == pytest.approx(8 / r["seconds_per_step"])
         assert r["fraction_of_bf16_peak"] == pytest.approx(r["gflops_achieved"] / gpu["peak_gflops"]["bf16"])
+    lay = gpu["layouts"]  # the OAT step in both memory layouts, without and with autocast
+    assert [(r["backbone"], r["dataset"], r["amp"]) for r in lay] == [("small_cnn", "digits", False),
+                                                                      ("small_cnn", "digits", True)]
+    assert all(r["channels_last_speedup"] == pytest.approx(r["contiguous_s"] / r["channels_last_s"]) for r in lay)
     check = gpu["bf16_check"]
     assert len(check["points"]) == 6 and check["images"] == 40
     assert check["max_abs_diff_points"] == max(abs(p["diff_points"]) for p in check["points"])

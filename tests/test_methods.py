@@ -143,3 +143,27 @@ def test_compiled_backbone_computes_the_eager_step():
         torch.testing.assert_close(results[1][1][n], g, rtol=1e-4, atol=1e-6, msg=n)
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints stay the eager model's
     assert counters["stats"]["unique_graphs"] >= 2  # it was traced (train route, attack route), not skipped
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "lenet"])
+def test_channels_last_computes_the_contiguous_step(backbone):
+    """`train.channels_last` (on by default) changes the memory layout, not the computation: the OAT step's loss
+    and gradients in channels-last equal the contiguous model's to float rounding, and the weights really are
+    channels-last."""
+    from pipeline.science.attacks import PGD
+
+    contiguous = tiny_model(seed=4, backbone=backbone).train()
+    cl = copy.deepcopy(contiguous).to(memory_format=torch.channels_last)
+    convs = [mod for mod in cl.modules() if isinstance(mod, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    x, y = torch.rand(12, 1, 8, 8), torch.randint(0, 10, (12,))
+    lam = LambdaSampler([0.0, 0.1, 0.2, 0.3, 0.4, 1.0], generator=torch.Generator().manual_seed(0))(12)
+    results = []
+    for m, xs in ((contiguous, x), (cl, x.contiguous(memory_format=torch.channels_last))):
+        res = oat_step(m, xs, y, lam, PGD(0.2, 2, 0.1, random_start=False))
+        res.loss.backward()
+        results.append((res.loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-6)
+    assert results[1][1].keys() == results[0][1].keys() and results[0][1]
+    for n, g in results[0][1].items():
+        torch.testing.assert_close(results[1][1][n], g, rtol=1e-4, atol=1e-5, msg=n)

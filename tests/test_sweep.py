@@ -63,8 +63,8 @@ def kill_a_train_worker_mid_run(stop: threading.Event, killed: list[str], storag
 def sweep_run(ray_cluster, mlflow_uri, tmp_path_factory):
     """Four trials (λ ∈ {0, 1} × widths {1, 0.5}); one trial's training worker is killed mid-run."""
     tmp = tmp_path_factory.mktemp("sweep")
-    # in-memory data: each trial is a fresh Ray Train worker, and FFCV's import alone costs ~6 s of numba JIT per
-    # process; FFCV-fed trials run in tests/test_pipeline.py's sweep
+    # in-memory data: each trial is a fresh Ray Train worker, and a fresh FFCV loader costs its import and a JIT
+    # compile (about 2 s) in each; FFCV-fed trials run in tests/test_pipeline.py's sweep
     job = tiny_job(name="tiny_sw", data={"loader": "memory"}, train={"epochs": 3, "max_steps_per_epoch": 8},
                    sweep={"lambdas": [0.0, 1.0], "widths": [1.0, 0.5], "max_concurrent_trials": 2,
                           "max_failures": 1},
