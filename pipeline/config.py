@@ -165,8 +165,9 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto: CUDA when available")
     amp: Flag = Field(default=False, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: Flag = Field(
-        default=True, description="channels-last memory format for images and the model (faster for every backbone: "
-                                  "1.14-1.44x per OAT step on the CPU, benchmarks/results/step_time.json)")
+        default=False, description="channels-last memory format for images and the model (a training step is "
+                                   "1.14-1.44x faster on every backbone on the CPU, but standard AutoAttack's small "
+                                   "queries slower: docs/performance.md)")
     compile: Flag = Field(
         default=False, description="torch.compile the backbone (state-dict keys unchanged); pays a compile at start-up")
     threads: Count | None = _help("torch intra-op threads on CPU; null: torch's default")
