@@ -7,7 +7,7 @@ without bf16 autocast and torch.compile, as a fraction of the GPU's measured mat
 For every (backbone, method, AMP on/off, compile on/off) it times ``--steps`` optimiser steps after a warm-up
 (compilation included in the warm-up, reported as ``compile_s``), with channels-last inputs and weights; the
 OAT step of each backbone is also timed in both memory layouts, with and without bf16 autocast (``layouts``:
-what ``train.channels_last``'s default rests on).
+what ``train.channels_last`` buys a step on this GPU).
 The FLOPs of a step are counted once per (backbone, method) with torch's FlopCounterMode (fp32, eager), so
 the achieved rate is FLOPs / time whatever the precision. The peak is measured in the same run: the bf16
 and the fp32 (TF32 off) matrix-multiply rates of an 8192² product. ``fraction_of_bf16_peak`` of the OAT
@@ -106,7 +106,7 @@ def main() -> None:
                     del st
                     if cuda:
                         torch.cuda.empty_cache()
-    # the layout behind train.channels_last's default, on this GPU: the OAT step contiguous and channels-last
+    # what train.channels_last buys on this GPU: the OAT step contiguous and channels-last
     layout_rows = [r for amp in (False, True) for r in layouts(a.backbones, a.batch, a.steps, a.device, amp=amp)]
     for r in layout_rows:
         print(f"{r['backbone']:<9} oat    amp={'on ' if r['amp'] else 'off'} channels-last "

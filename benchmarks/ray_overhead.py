@@ -1,7 +1,7 @@
 """Ray Train's overhead: `oat run` with 1 worker against `oat train` in one process, same job; and the
 throughput of 1 and 2 workers on this machine.
 
-    .venv/bin/python -m benchmarks.ray_overhead [--epochs 6] [--steps 36]
+    .venv/bin/python -m benchmarks.ray_overhead [--epochs 6] [--steps 18]
 
 The job is jobs/digits_oat.yaml (OAT, LeNet, PGD-10, global batch 64), ``--epochs`` epochs of
 ``--steps`` steps, validation only at the end. Epoch time is the median over epochs after the first (the
@@ -25,7 +25,9 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import RESULTS, write_result
 
@@ -49,40 +51,37 @@ def _role(proc) -> str:
     return "other"
 
 
+def _cpu_seconds() -> Iterator[tuple[tuple[int, float], Any, float]]:
+    """(pid, start time), the process and its CPU seconds (user + system), for every process still there."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            t = proc.cpu_times()
+            yield (proc.pid, proc.create_time()), proc, t.user + t.system
+        except Exception:  # noqa: BLE001 - a process that went away
+            continue
+
+
 class CpuByProcess:
     """CPU seconds per process role while a block runs: every process on the machine is sampled each
     ``every`` seconds and its last sample counts (a process that ends between samples loses at most that)."""
 
     def __init__(self, every: float = 1.0):
-        self.every, self.seen, self.start = every, {}, {}
+        self.every, self.seen = every, {}
         self._stop = threading.Event()
 
     def _sample(self) -> None:
-        import psutil
-
-        for proc in psutil.process_iter():
-            try:
-                t = proc.cpu_times()
-                key = (proc.pid, proc.create_time())
-            except Exception:  # noqa: BLE001 - a process that went away
-                continue
+        for key, proc, cpu in _cpu_seconds():
             # the role is read again each time (a Ray worker takes its actor's title after it starts), and kept
             # when the process has ended meanwhile
             role = _role(proc)
             if role == "gone":
                 role = self.seen.get(key, ["gone"])[0]
-            self.seen[key] = [role, t.user + t.system - self.start.get(key, 0.0)]
+            self.seen[key] = [role, cpu - self.start.get(key, 0.0)]
 
     def __enter__(self) -> CpuByProcess:
-        import psutil
-
-        for proc in psutil.process_iter():
-            try:
-                t = proc.cpu_times()
-                self.start[(proc.pid, proc.create_time())] = t.user + t.system
-            except Exception:  # noqa: BLE001
-                continue
-        self.t0 = time.perf_counter()
+        self.start = {key: cpu for key, _, cpu in _cpu_seconds()}
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -95,7 +94,6 @@ class CpuByProcess:
         self._stop.set()
         self._thread.join()
         self._sample()
-        self.wall = time.perf_counter() - self.t0
 
     def table(self) -> dict[str, float]:
         """CPU seconds per role, largest first (roles that used under 0.05 s left out)."""
@@ -141,7 +139,7 @@ def epochs_of(history: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=36)
+    ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--out", default=str(RESULTS / "ray_overhead.json"))
     a = ap.parse_args()
     cpus = len(os.sched_getaffinity(0))

@@ -11,8 +11,8 @@ on the warm-up step), and measures the machine's fp32 matrix-multiply rate in th
 ``--repeats`` steps. The OAT step is also timed in channels-last memory format.
 
 Layouts: the OAT step of each of ``--layout-backbones`` in both memory layouts, on its reference data set's
-image shape (WRN and ResNet-34 on CIFAR-10, LeNet on MNIST, the small CNN on digits), at ``--layout-batch``:
-the measurement behind ``train.channels_last``'s default.
+image shape (the data set it is the reference backbone of, else CIFAR-10's), at ``--layout-batch``: what
+``train.channels_last`` buys a training step.
 
 The curve: the reference's λ set {0, 0.1, 0.2, 0.3, 0.4, 1} needs one OAT model, or a PGDAT sweep of six
 (one standard-training model and five adversarial ones); for the same epochs and batch the compute ratio
@@ -126,17 +126,20 @@ def make_step(backbone: str, method: str, batch: int, *, Lambda: float = 0.5, de
     return Step(run, model, flops, label)
 
 
-# each backbone's layout is timed on its reference data set's image shape (the default job's backbone for it)
-LAYOUT_DATA = {"wrn16_8": "cifar10", "resnet34": "cifar10", "wrn40_2": "cifar10", "resnet18": "stl10",
-               "lenet": "mnist5k", "small_cnn": "digits"}
+def layout_dataset(backbone: str) -> str:
+    """The data set whose reference backbone ``backbone`` is (pipeline.data.datasets), else CIFAR-10: the image
+    shape its layouts are timed on."""
+    from pipeline.data.datasets import DATASETS
+
+    return next((name for name, spec in DATASETS.items() if spec.backbone == backbone), "cifar10")
 
 
 def layouts(backbones: list[str], batch: int, repeats: int, device: str = "cpu", amp: bool = False) -> list[dict]:
     """The OAT step of each backbone in both memory layouts (contiguous NCHW and channels-last), on its reference
-    data set's image shape: what ``train.channels_last``'s default rests on."""
+    data set's image shape: what ``train.channels_last`` buys a training step."""
     rows = []
     for bb in backbones:
-        ds = LAYOUT_DATA.get(bb, "cifar10")
+        ds = layout_dataset(bb)
         sec = {}
         for cl in (False, True):
             st = make_step(bb, "oat", batch, device=device, channels_last=cl, amp=amp, dataset=ds)

@@ -14,8 +14,8 @@ numba's per-thread generators and are not reproducible run to run; the order is.
 A new FFCV loader JIT-compiles its pipeline on its first pass (about 1 s without augmentation, 10–20 s
 with it), so loaders are built once per process and reused (``_LOADERS``).
 
-FFCV is imported through :func:`import_ffcv`, never at module level: importing it costs 0.5 s that way instead
-of 6 s (see there), in every process that builds a loader or writes a set (each Ray Train worker).
+FFCV is imported through :func:`import_ffcv`, never at module level: importing it costs 0.9 s that way instead
+of 6.4 s (see there), in every process that builds a loader or writes a set (each Ray Train worker).
 """
 
 from __future__ import annotations
